@@ -1,0 +1,78 @@
+"""Relation Text Encode, Save Relation, Load Relation."""
+from __future__ import annotations
+
+from reversion import relation_file as rf
+from reversion_comfy import adapter
+
+CATEGORY = "ReVersion"
+
+
+class RelationTextEncode:
+    DESCRIPTION = ("Encode a prompt whose <R> is the learned relation. Equal to CLIPTextEncode with "
+                   "embedding:<name> in place of <R>.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("CONDITIONING",)
+    OUTPUT_TOOLTIPS = ("Conditioning for KSampler and friends.",)
+    FUNCTION = "encode"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "clip": ("CLIP", {"tooltip": "The text encoder of the model the relation was trained on."}),
+            "relation": ("RELATION", {"tooltip": "From Train Relation or Load Relation."}),
+            "text": ("STRING", {"default": "a cat <R> a dog", "multiline": True, "dynamicPrompts": True,
+                                "tooltip": "Prompt with <R> where the relation goes."}),
+        }}
+
+    def encode(self, clip, relation, text):
+        return (adapter.encode_with_relation(clip, relation, text),)
+
+
+class SaveRelation:
+    DESCRIPTION = "Write a relation to models/embeddings/<name>.safetensors (loadable as embedding:<name>)."
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ()
+    FUNCTION = "save"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "relation": ("RELATION", {"tooltip": "The relation to save."}),
+            "name": ("STRING", {"default": "relation", "tooltip": "File name (no folders)."}),
+            "overwrite": ("BOOLEAN", {"default": False, "tooltip": "Replace an existing file of this name."}),
+        }}
+
+    def save(self, relation, name, overwrite):
+        path = rf.path_in(adapter.embeddings_directory(), name)
+        rf.save(relation, path, overwrite=overwrite)
+        return {"ui": {"text": [f"saved {path.name}"]}}
+
+
+class LoadRelation:
+    DESCRIPTION = ("Load a relation from models/embeddings: this pack's .safetensors, the official "
+                   "ReVersion learned_embeds.bin, or an A1111 .pt embedding.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("RELATION",)
+    OUTPUT_TOOLTIPS = ("The relation, for Relation Text Encode.",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        import folder_paths
+        files = [f for f in folder_paths.get_filename_list("embeddings")
+                 if f.lower().endswith((".safetensors", ".bin", ".pt"))]
+        return {"required": {"relation_file": (sorted(files), {"tooltip": "A file in models/embeddings."})}}
+
+    def load(self, relation_file):
+        import folder_paths
+        path = folder_paths.get_full_path("embeddings", relation_file)
+        if path is None:
+            raise rf.RelationFileError(f"relation file {relation_file!r} not found in models/embeddings")
+        return (rf.load(path),)
+
+
+NODE_CLASS_MAPPINGS = {"ReVersionRelationTextEncode": RelationTextEncode, "ReVersionSaveRelation": SaveRelation,
+                       "ReVersionLoadRelation": LoadRelation}
+NODE_DISPLAY_NAME_MAPPINGS = {"ReVersionRelationTextEncode": "Relation Text Encode",
+                              "ReVersionSaveRelation": "Save Relation", "ReVersionLoadRelation": "Load Relation"}

@@ -1,0 +1,52 @@
+"""Toy World Model and Toy World Exemplars: the embedded default (no downloads)."""
+from __future__ import annotations
+
+from reversion import toyworld
+from reversion.toyworld import scenes
+
+CATEGORY = "ReVersion/toy world"
+
+
+class ToyWorldModel:
+    DESCRIPTION = ("A small text-to-image model trained from scratch on toy scenes (two shapes, four "
+                   "colours, six relations), built from ComfyUI's own classes. Sample at 256x256.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("MODEL", "CLIP", "VAE")
+    OUTPUT_TOOLTIPS = ("UNet (v-prediction).", "CLIP-L-style text encoder, 128-d.", "Exact 8x pixel VAE.")
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {}}
+
+    def load(self):
+        import folder_paths
+        from reversion_comfy import toy_model
+        return toy_model.load(embedding_directory=folder_paths.get_folder_paths("embeddings"))
+
+
+class ToyWorldExemplars:
+    DESCRIPTION = ("Rendered exemplars of one toy relation. Templates hold '{}' where the relation "
+                   "word would be; the word itself never appears.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("EXEMPLARS", "IMAGE")
+    RETURN_NAMES = ("exemplars", "images")
+    OUTPUT_TOOLTIPS = ("Exemplars for Train Relation.", "The exemplar images (256 px).")
+    FUNCTION = "make"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "relation": (list(scenes.RELATIONS), {"default": "inside", "tooltip": "The relation the exemplars share."}),
+            "count": ("INT", {"default": 8, "min": 1, "max": 64, "tooltip": "Number of exemplar images (paper: 4-10)."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1, "tooltip": "Which scenes are drawn."}),
+        }}
+
+    def make(self, relation, count, seed):
+        ex = toyworld.exemplars(relation, count, seed)
+        return (ex, ex.images)
+
+
+NODE_CLASS_MAPPINGS = {"ReVersionToyWorldModel": ToyWorldModel, "ReVersionToyWorldExemplars": ToyWorldExemplars}
+NODE_DISPLAY_NAME_MAPPINGS = {"ReVersionToyWorldModel": "Toy World Model",
+                              "ReVersionToyWorldExemplars": "Toy World Exemplars"}

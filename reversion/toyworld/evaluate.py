@@ -1,0 +1,52 @@
+"""Score generated toy-world images with the judge: relation and entity accuracy."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import judge, scenes
+
+
+@dataclass(frozen=True)
+class Prompt:
+    a: str            # "red circle"
+    relation: str     # one of scenes.RELATIONS: what the image should show
+    b: str
+
+    def text(self, word: str, articles: bool = True) -> str:
+        """The prompt with `word` (a relation word, "<R>", "and", ...) in the relation slot."""
+        return scenes.fill_template(scenes.template(self.a, self.b, articles), word)
+
+
+def held_out_prompts(relations=scenes.RELATIONS, per_relation: int | None = None, seed: int = 0) -> list[Prompt]:
+    """Prompts whose object pair was never shown with that relation in training."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for rel in relations:
+        pairs = sorted(scenes.held_out_pairs(rel))
+        order = rng.permutation(len(pairs))
+        if per_relation is not None:
+            order = order[:per_relation]
+        out += [Prompt(pairs[i][0], rel, pairs[i][1]) for i in order]
+    return out
+
+
+def score(images, prompts: list[Prompt]) -> dict:
+    """images[i] (HxWx3 in [0, 1]) was generated for prompts[i]."""
+    if len(images) != len(prompts):
+        raise ValueError(f"{len(images)} images for {len(prompts)} prompts")
+    verdicts = [judge.judge(np.asarray(img), p.a, p.relation, p.b) for img, p in zip(images, prompts)]
+    per_relation = {}
+    for rel in sorted({p.relation for p in prompts}):
+        vs = [v for v, p in zip(verdicts, prompts) if p.relation == rel]
+        per_relation[rel] = {"relation_accuracy": float(np.mean([v.relation_ok for v in vs])),
+                             "entity_accuracy": float(np.mean([v.entities_ok for v in vs])),
+                             "n_images": len(vs)}
+    return {
+        "relation_accuracy": float(np.mean([v.relation_ok for v in verdicts])),
+        "entity_accuracy": float(np.mean([v.entities_ok for v in verdicts])),
+        "n_images": len(verdicts),
+        "per_relation": per_relation,
+        "seen": [v.seen for v in verdicts],
+    }

@@ -1,0 +1,209 @@
+"""Read the objects and their relation back out of a toy-world image.
+
+Exact on rendered scenes and tolerant of what a small diffusion model draws (noise, soft
+edges, a tinted background, a notched shape):
+
+1. shrink the image to the 32 x 32 scene grid (area average);
+2. background = median colour of the border; foreground = pixels far from it;
+3. each foreground pixel takes the nearest palette colour (after removing the background
+   tint); per colour the largest 4-connected component is an object candidate, and the two
+   largest candidates are the objects;
+4. shape = the ideal shape (circle, square, triangle) whose mask best matches the object's
+   convex hull (all toy shapes are convex, so the hull also closes the hole that an inner
+   object leaves in its container);
+5. relation of object A to object B from containment, contact and centroid offset.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .scenes import COLOURS, RELATIONS, SHAPES, SIZE, shape_mask
+
+MIN_PIXELS = 6            # smaller colour blobs are noise
+FOREGROUND_DISTANCE = 0.22
+
+
+@dataclass
+class Detected:
+    colour: str
+    shape: str
+    mask: np.ndarray        # pixels of this colour (32 x 32 bool)
+    hull: np.ndarray        # convex hull of the mask (the whole shape, holes closed)
+
+    @property
+    def name(self) -> str:
+        return f"{self.colour} {self.shape}"
+
+    @property
+    def centroid(self) -> tuple[float, float]:
+        ys, xs = np.nonzero(self.hull)
+        return float(ys.mean()), float(xs.mean())
+
+
+def to_grid(image: np.ndarray) -> np.ndarray:
+    """HxWx3 in [0, 1] (H, W multiples of 32) -> 32x32x3 by area averaging."""
+    img = np.asarray(image, dtype=np.float32)
+    if img.ndim != 3 or img.shape[2] < 3:
+        raise ValueError(f"expected an HxWx3 image, got shape {img.shape}")
+    img = img[..., :3]
+    h, w = img.shape[:2]
+    if h % SIZE or w % SIZE:
+        raise ValueError(f"image side must be a multiple of {SIZE}, got {h}x{w}")
+    return img.reshape(SIZE, h // SIZE, SIZE, w // SIZE, 3).mean(axis=(1, 3))
+
+
+def _components(mask: np.ndarray) -> list[np.ndarray]:
+    """4-connected components of a boolean mask, largest first."""
+    seen = np.zeros_like(mask)
+    comps = []
+    for y, x in zip(*np.nonzero(mask)):
+        if seen[y, x]:
+            continue
+        comp = np.zeros_like(mask)
+        stack = [(y, x)]
+        seen[y, x] = True
+        while stack:
+            cy, cx = stack.pop()
+            comp[cy, cx] = True
+            for ny, nx in ((cy + 1, cx), (cy - 1, cx), (cy, cx + 1), (cy, cx - 1)):
+                if 0 <= ny < mask.shape[0] and 0 <= nx < mask.shape[1] and mask[ny, nx] and not seen[ny, nx]:
+                    seen[ny, nx] = True
+                    stack.append((ny, nx))
+        comps.append(comp)
+    comps.sort(key=lambda c: -int(c.sum()))
+    return comps
+
+
+def convex_hull_mask(mask: np.ndarray) -> np.ndarray:
+    """Pixels whose centre lies in the convex hull of the mask's pixel centres.
+
+    For a rendered (digitally convex) shape this is the mask itself; it closes holes
+    and notches in drawn ones.
+    """
+    ys, xs = np.nonzero(mask)
+    if len(ys) < 3:
+        return mask.copy()
+    pts = sorted(set(zip(xs.tolist(), ys.tolist())))
+
+    def cross(o, a, b):
+        return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
+
+    lower, upper = [], []
+    for p in pts:                       # Andrew's monotone chain
+        while len(lower) >= 2 and cross(lower[-2], lower[-1], p) <= 0:
+            lower.pop()
+        lower.append(p)
+    for p in reversed(pts):
+        while len(upper) >= 2 and cross(upper[-2], upper[-1], p) <= 0:
+            upper.pop()
+        upper.append(p)
+    hull = lower[:-1] + upper[:-1]
+    if len(hull) < 3:                   # a line of pixels
+        return mask.copy()
+    gy, gx = np.mgrid[0:mask.shape[0], 0:mask.shape[1]]
+    inside = np.ones(mask.shape, bool)
+    for i in range(len(hull)):
+        (x0, y0), (x1, y1) = hull[i], hull[(i + 1) % len(hull)]
+        inside &= (x1 - x0) * (gy - y0) - (y1 - y0) * (gx - x0) >= 0
+    return inside | mask
+
+
+def classify_shape(hull: np.ndarray) -> str:
+    """Best-matching ideal shape (by IoU) fitted to the hull's bounding box."""
+    ys, xs = np.nonzero(hull)
+    top, left = int(ys.min()), int(xs.min())
+    extent = int(max(ys.max() - top, xs.max() - left)) + 1
+    pad = np.zeros((SIZE + 2 * extent, SIZE + 2 * extent), bool)
+    pad[extent:extent + SIZE, extent:extent + SIZE] = hull
+    best, best_iou = SHAPES[0], -1.0
+    for shape in SHAPES:
+        for size in (extent - 1, extent, extent + 1):
+            for dt in (-1, 0):
+                for dl in (-1, 0):
+                    ideal = shape_mask(shape, top + extent + dt, left + extent + dl, size,
+                                       canvas=SIZE + 2 * extent)
+                    iou = (ideal & pad).sum() / max(1, (ideal | pad).sum())
+                    if iou > best_iou:
+                        best, best_iou = shape, iou
+    return best
+
+
+def detect(image: np.ndarray) -> list[Detected]:
+    """The (at most two) objects in an image, largest first."""
+    grid = to_grid(image)
+    border = np.concatenate([grid[0], grid[-1], grid[:, 0], grid[:, -1]])
+    background = np.median(border, axis=0)
+    foreground = np.linalg.norm(grid - background, axis=-1) > FOREGROUND_DISTANCE
+    # remove the background tint before matching colours (a tinted background tints the
+    # objects' edges the same way); compare against palette colours the same way
+    names = list(COLOURS)
+    palette = np.array([COLOURS[n] for n in names], np.float32)
+    neutral = np.float32(0.9)
+    shifted = grid - (background - neutral)
+    dist = np.linalg.norm(shifted[:, :, None, :] - palette[None, None], axis=-1)
+    nearest = dist.argmin(-1)
+    found = []
+    for ci, name in enumerate(names):
+        comps = _components(foreground & (nearest == ci))
+        if comps and comps[0].sum() >= MIN_PIXELS:
+            found.append((int(comps[0].sum()), name, comps[0]))
+    found.sort(key=lambda t: -t[0])
+    out = []
+    for _, colour, mask in found[:2]:
+        hull = convex_hull_mask(mask)
+        out.append(Detected(colour, classify_shape(hull), mask, hull))
+    return out
+
+
+def _touching(ma: np.ndarray, mb: np.ndarray) -> bool:
+    grown = ma.copy()
+    grown[1:] |= ma[:-1]
+    grown[:-1] |= ma[1:]
+    grown[:, 1:] |= grown[:, :-1].copy()
+    grown[:, :-1] |= grown[:, 1:].copy()
+    return bool((grown & mb).any())
+
+
+def relation(a: Detected, b: Detected) -> str:
+    """Relation of `a` to `b`: one of RELATIONS, or "contains" / "supports" (the converses
+    of inside / on top of, which no caption asks for)."""
+    if (a.mask & b.hull).sum() >= 0.8 * a.mask.sum() and a.hull.sum() < b.hull.sum():
+        return "inside"
+    if (b.mask & a.hull).sum() >= 0.8 * b.mask.sum() and b.hull.sum() < a.hull.sum():
+        return "contains"
+    (ay, ax), (by, bx) = a.centroid, b.centroid
+    dy, dx = by - ay, bx - ax           # > 0: a is above / left of b
+    if abs(dy) > abs(dx):
+        if _touching(a.mask, b.mask):
+            return "on top of" if dy > 0 else "supports"
+        return "above" if dy > 0 else "below"
+    return "left of" if dx > 0 else "right of"
+
+
+@dataclass
+class Verdict:
+    entities_ok: bool      # both objects drawn with the right colour and shape
+    relation_ok: bool      # the relation between the objects that play A and B is right
+    seen: str              # what the judge read, for reports ("red circle above blue square")
+
+
+def judge(image: np.ndarray, name_a: str, relation_word: str, name_b: str) -> Verdict:
+    """Score one image against the prompt "A <relation> B" (relation in RELATIONS)."""
+    if relation_word not in RELATIONS:
+        raise ValueError(f"unknown relation {relation_word!r}; expected one of {RELATIONS}")
+    objs = detect(image)
+    if len(objs) < 2:
+        return Verdict(False, False, " + ".join(o.name for o in objs) or "nothing")
+    o1, o2 = objs
+
+    def score(oa, ob):  # colour is what tells the objects apart; shape breaks ties
+        return sum(2 * (o.colour == n.split()[0]) + (o.shape == n.split()[1])
+                   for o, n in ((oa, name_a), (ob, name_b)))
+
+    oa, ob = (o1, o2) if score(o1, o2) >= score(o2, o1) else (o2, o1)
+    rel = relation(oa, ob)
+    return Verdict(entities_ok=(oa.name == name_a and ob.name == name_b),
+                   relation_ok=(rel == relation_word),
+                   seen=f"{oa.name} {rel} {ob.name}")

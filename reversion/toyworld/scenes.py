@@ -1,0 +1,287 @@
+"""Procedural two-object scenes whose relation is decided by geometry alone.
+
+A scene is two objects (shape x colour) on a plain background, drawn at 32 x 32 pixels
+with hard edges. Each scene is generated *for* a relation ("a red circle above a blue
+square"), so the caption is true by construction, and `judge.py` reads the same relation
+back out of the pixels. Everything is deterministic given a `numpy.random.Generator`.
+
+Shown at 256 x 256 (nearest-neighbour x8) so that the toy VAE's 8x downscale maps one
+scene pixel onto one latent pixel.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+import functools
+import itertools
+
+import numpy as np
+
+SIZE = 32                 # scene resolution in pixels (= the toy model's latent resolution)
+DISPLAY_SCALE = 8         # IMAGE outputs are SIZE * DISPLAY_SCALE pixels wide
+SHAPES = ("circle", "square", "triangle")
+COLOURS = {
+    "red": (0.86, 0.12, 0.12),
+    "green": (0.10, 0.68, 0.20),
+    "blue": (0.15, 0.25, 0.92),
+    "yellow": (0.96, 0.82, 0.08),
+}
+BACKGROUND = (0.90, 0.90, 0.90)
+
+# The relation of the *first* object to the second one, in caption order.
+RELATIONS = ("above", "below", "left of", "right of", "inside", "on top of")
+
+# Caption words per relation. Most are basis prepositions of ReVersion's steering loss, so
+# the toy text encoder learns a "preposition region" for the steering loss to pull toward.
+SYNONYMS = {
+    "above": ("above", "over"),
+    "below": ("below", "under", "beneath", "underneath"),
+    "left of": ("left of", "to the left of"),
+    "right of": ("right of", "to the right of"),
+    "inside": ("inside", "in", "within"),
+    "on top of": ("on top of", "on", "atop", "upon"),
+}
+# Scenes for the word "and": two objects anywhere, no stated relation. "and" is
+# ReVersion's default init word, so it gets a meaning here too ("some arrangement").
+UNRELATED = "and"
+
+
+@dataclass(frozen=True)
+class Obj:
+    shape: str
+    colour: str
+    top: int
+    left: int
+    size: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.colour} {self.shape}"
+
+
+@dataclass(frozen=True)
+class Scene:
+    a: Obj            # first object in the caption
+    b: Obj            # second object
+    relation: str     # one of RELATIONS, or UNRELATED
+
+    def caption(self, word: str | None = None, articles: bool = True) -> str:
+        return fill_template(template(self.a.name, self.b.name, articles), word or self.relation)
+
+    def template(self, articles: bool = True) -> str:
+        """Caption with `{}` where the relation word goes (a ReVersion coarse description)."""
+        return template(self.a.name, self.b.name, articles)
+
+
+def template(name_a: str, name_b: str, articles: bool = True) -> str:
+    return f"a {name_a} {{}} a {name_b}" if articles else f"{name_a} {{}} {name_b}"
+
+
+def fill_template(tmpl: str, word: str) -> str:
+    return tmpl.replace("{}", word)
+
+
+OBJECT_NAMES = tuple(f"{c} {s}" for c in COLOURS for s in SHAPES)
+
+
+@functools.lru_cache(maxsize=None)
+def object_pairs() -> tuple[tuple[str, str], ...]:
+    """Ordered pairs of object names with different colours (colour tells them apart)."""
+    return tuple((a, b) for a, b in itertools.permutations(OBJECT_NAMES, 2)
+            if a.split()[0] != b.split()[0])
+
+
+@functools.lru_cache(maxsize=None)
+def held_out_pairs(relation: str) -> frozenset[tuple[str, str]]:
+    """Object pairs never shown *with this relation* while the toy model trains.
+
+    A fixed quarter of the pairs per relation, different for every relation, so each
+    held-out pair is still seen with other relations: generalisation, not new words.
+    """
+    pairs = object_pairs()
+    rng = np.random.default_rng(1000 + RELATIONS.index(relation))
+    picked = rng.permutation(len(pairs))[: len(pairs) // 4]
+    return frozenset(pairs[i] for i in picked)
+
+
+@functools.lru_cache(maxsize=None)
+def training_pairs(relation: str) -> tuple[tuple[str, str], ...]:
+    held = held_out_pairs(relation)
+    return tuple(p for p in object_pairs() if p not in held)
+
+
+# ---------------------------------------------------------------------------- drawing
+
+def shape_mask(shape: str, top: int, left: int, size: int, canvas: int = SIZE) -> np.ndarray:
+    """Boolean mask of one shape whose bounding box is `size` pixels square."""
+    ys = np.arange(canvas)[:, None] + 0.5
+    xs = np.arange(canvas)[None, :] + 0.5
+    cy, cx = top + size / 2, left + size / 2
+    if shape == "square":
+        m = (ys >= top) & (ys < top + size) & (xs >= left) & (xs < left + size)
+    elif shape == "circle":
+        m = (ys - cy) ** 2 + (xs - cx) ** 2 <= (size / 2) ** 2
+    elif shape == "triangle":   # apex up, base at the bottom
+        rel = (ys - top) / size
+        m = (rel >= 0) & (rel < 1) & (np.abs(xs - cx) <= rel * size / 2 + 0.25)
+    else:
+        raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
+    return np.broadcast_to(m, (canvas, canvas)).copy()
+
+
+def obj_mask(o: Obj) -> np.ndarray:
+    return shape_mask(o.shape, o.top, o.left, o.size)
+
+
+def render(scene: Scene) -> np.ndarray:
+    """HxWx3 float32 in [0, 1]. The second object is drawn first (it is the container
+    for "inside"), then the first on top of it."""
+    img = np.empty((SIZE, SIZE, 3), np.float32)
+    img[:] = BACKGROUND
+    for o in (scene.b, scene.a):
+        img[obj_mask(o)] = COLOURS[o.colour]
+    return img
+
+
+def upscale(img: np.ndarray, factor: int = DISPLAY_SCALE) -> np.ndarray:
+    return np.repeat(np.repeat(img, factor, axis=0), factor, axis=1)
+
+
+# -------------------------------------------------------------------------- placement
+
+def _in_canvas(o: Obj, margin: int = 1) -> bool:
+    return o.top >= margin and o.left >= margin and o.top + o.size <= SIZE - margin \
+        and o.left + o.size <= SIZE - margin
+
+
+def _touching(ma: np.ndarray, mb: np.ndarray) -> bool:
+    """True when some pixel of `ma` is 8-adjacent to a pixel of `mb`."""
+    grown = ma.copy()
+    grown[1:] |= ma[:-1]
+    grown[:-1] |= ma[1:]
+    grown[:, 1:] |= grown[:, :-1].copy()
+    grown[:, :-1] |= grown[:, 1:].copy()
+    return bool((grown & mb).any())
+
+
+def _erode(m: np.ndarray) -> np.ndarray:
+    e = m.copy()
+    e[1:] &= m[:-1]
+    e[:-1] &= m[1:]
+    e[:, 1:] &= m[:, :-1]
+    e[:, :-1] &= m[:, 1:]
+    e[0] = e[-1] = False
+    e[:, 0] = e[:, -1] = False
+    return e
+
+
+def _drop_onto(a: Obj, b: Obj) -> Obj | None:
+    """Move `a` vertically so that it rests on `b`: touching, not overlapping."""
+    ma0 = shape_mask(a.shape, 0, a.left, a.size, canvas=SIZE * 2)[:, :SIZE]
+    mb = obj_mask(b)
+    shift = None
+    for x in range(SIZE):
+        rows_b = np.flatnonzero(mb[:, x])
+        rows_a = np.flatnonzero(ma0[:, x])
+        if len(rows_b) and len(rows_a):
+            s = rows_b[0] - 1 - rows_a[-1]     # a's lowest pixel sits just above b's highest
+            shift = s if shift is None else min(shift, s)
+    if shift is None:
+        return None
+    return Obj(a.shape, a.colour, int(shift), a.left, a.size)
+
+
+def _place(rng: np.random.Generator, relation: str, sa: str, ca: str, sb: str, cb: str):
+    """One attempt at placing A (shape sa, colour ca) and B for `relation`; None if invalid."""
+    r = lambda lo, hi: int(rng.integers(lo, hi + 1))  # noqa: E731 (inclusive range)
+    if relation == "inside":
+        b = Obj(sb, cb, 0, 0, r(18, 24))
+        b = Obj(sb, cb, r(1, SIZE - 1 - b.size), r(1, SIZE - 1 - b.size), b.size)
+        size_a = r(6, 8)
+        a = Obj(sa, ca, r(b.top, b.top + b.size - size_a), r(b.left, b.left + b.size - size_a), size_a)
+        if not (obj_mask(a) <= _erode(obj_mask(b))).all():
+            return None
+        return a, b
+    size_a, size_b = r(8, 12), r(8, 12)
+    if relation in ("above", "below", "on top of"):
+        upper, lower = (sa, ca, size_a), (sb, cb, size_b)
+        if relation == "below":
+            upper, lower = lower, upper
+        lo = Obj(lower[0], lower[1], r(14, SIZE - 1 - lower[2]), r(1, SIZE - 1 - lower[2]), lower[2])
+        cx = lo.left + lo.size / 2 + (r(-2, 2) if relation == "on top of" else r(-3, 3))
+        up = Obj(upper[0], upper[1], 0, int(round(cx - upper[2] / 2)), upper[2])
+        up = _drop_onto(up, lo)
+        if up is None:
+            return None
+        if relation != "on top of":       # lift it off: a clear gap
+            up = Obj(up.shape, up.colour, up.top - r(3, 8), up.left, up.size)
+        first, second = (up, lo) if relation != "below" else (lo, up)
+        return first, second
+    if relation in ("left of", "right of"):
+        left_o, right_o = (sa, ca, size_a), (sb, cb, size_b)
+        if relation == "right of":
+            left_o, right_o = right_o, left_o
+        lft = Obj(left_o[0], left_o[1], r(1, SIZE - 1 - left_o[2]), r(1, 10), left_o[2])
+        gap = r(3, 8)
+        cy = lft.top + lft.size / 2 + r(-3, 3)
+        rgt = Obj(right_o[0], right_o[1], int(round(cy - right_o[2] / 2)), lft.left + lft.size + gap, right_o[2])
+        return (lft, rgt) if relation == "left of" else (rgt, lft)
+    if relation == UNRELATED:
+        a = Obj(sa, ca, r(1, SIZE - 1 - size_a), r(1, SIZE - 1 - size_a), size_a)
+        b = Obj(sb, cb, r(1, SIZE - 1 - size_b), r(1, SIZE - 1 - size_b), size_b)
+        if _touching(obj_mask(a), obj_mask(b)):
+            return None
+        return a, b
+    raise ValueError(f"unknown relation {relation!r}; expected one of {RELATIONS} or {UNRELATED!r}")
+
+
+def make_scene(rng: np.random.Generator, relation: str, name_a: str | None = None,
+               name_b: str | None = None) -> Scene:
+    """A random scene of `relation`; objects random unless named ("red circle")."""
+    if name_a is None or name_b is None:
+        pairs = object_pairs()
+        name_a, name_b = pairs[int(rng.integers(len(pairs)))]
+    ca, sa = name_a.split()
+    cb, sb = name_b.split()
+    if ca == cb:
+        raise ValueError(f"objects need different colours: {name_a!r} and {name_b!r}")
+    for _ in range(1000):
+        placed = _place(rng, relation, sa, ca, sb, cb)
+        if placed is not None:
+            a, b = placed
+            overlap = (obj_mask(a) & obj_mask(b)).any()
+            if _in_canvas(a) and _in_canvas(b) and (relation == "inside" or not overlap):
+                return Scene(a, b, relation)
+    raise RuntimeError(f"could not place {name_a} {relation} {name_b}")  # pragma: no cover
+
+
+def random_caption(rng: np.random.Generator, scene: Scene) -> str:
+    """A training caption for the toy model: a random synonym, with or without articles."""
+    words = SYNONYMS.get(scene.relation, (UNRELATED,))
+    return scene.caption(words[int(rng.integers(len(words)))], articles=bool(rng.random() < 0.7))
+
+
+def training_example(rng: np.random.Generator, unrelated_fraction: float = 0.1) -> tuple[Scene, str]:
+    """One (scene, caption) for training the toy model from scratch.
+
+    Relations are uniform; a (pair, relation) in `held_out_pairs(relation)` is never drawn,
+    so the quality gate can test generalisation to unseen combinations.
+    """
+    if rng.random() < unrelated_fraction:
+        scene = make_scene(rng, UNRELATED)
+        return scene, scene.caption(UNRELATED, articles=bool(rng.random() < 0.7))
+    relation = RELATIONS[int(rng.integers(len(RELATIONS)))]
+    pairs = training_pairs(relation)
+    a, b = pairs[int(rng.integers(len(pairs)))]
+    scene = make_scene(rng, relation, a, b)
+    return scene, random_caption(rng, scene)
+
+
+
+def exemplar_scenes(relation: str, count: int, seed: int) -> list[Scene]:
+    """`count` scenes of one relation, each with a different object pair where possible."""
+    if relation not in RELATIONS:
+        raise ValueError(f"unknown relation {relation!r}; expected one of {RELATIONS}")
+    rng = np.random.default_rng(seed)
+    pairs = object_pairs()
+    order = rng.permutation(len(pairs))
+    return [make_scene(rng, relation, *pairs[order[i % len(pairs)]]) for i in range(count)]

@@ -1,0 +1,167 @@
+"""The ReVersion training loop: learn one relation vector on a frozen diffusion model.
+
+Everything model-specific sits behind `Backend` (for ComfyUI: `host/adapter.py`); this
+loop is the whole method and holds no host code:
+
+    for each update (3000):
+        for each of `grad_accum` micro-batches (4) of `batch_size` exemplars (2):
+            caption  = a random template of each exemplar, "{}" -> placeholder
+            t        ~ relation-focal p(t)            (timesteps.py)
+            L_den    = MSE(model prediction, eps or v target)
+            L_steer  = InfoNCE(<R>; 4 random prepositions per sample; caption content words)
+            (L_den + 0.01 * L_steer) / grad_accum  -> backward
+        AdamW step on the relation vector only
+
+Defaults are the paper's: lr 2.5e-4 scaled by batch x accumulation (= 2e-3), weight
+decay 1e-2, init word "and", seed 2023.
+"""
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import torch
+
+from . import steering, timesteps
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 3000                     # optimizer updates
+    batch_size: int = 2
+    grad_accum: int = 4
+    base_lr: float = 2.5e-4
+    scale_lr: bool = True                 # lr = base_lr * batch_size * grad_accum
+    weight_decay: float = 1e-2
+    adam_betas: tuple = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    steering_weight: float = 0.01
+    num_positives: int = steering.NUM_POSITIVES
+    temperature: float = steering.TEMPERATURE
+    focal_alpha: float = timesteps.ALPHA  # 0 = uniform timesteps
+    init_word: str = "and"
+    seed: int = 2023
+
+    @property
+    def lr(self) -> float:
+        return self.base_lr * self.batch_size * self.grad_accum if self.scale_lr else self.base_lr
+
+    def check(self) -> "TrainConfig":
+        for name in ("steps", "batch_size", "grad_accum", "num_positives"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.base_lr <= 0:
+            raise ValueError(f"learning rate must be positive, got {self.base_lr}")
+        if not 0.0 <= self.focal_alpha <= 1.0:
+            raise ValueError(f"focal alpha must be in [0, 1], got {self.focal_alpha}")
+        if not self.init_word.strip():
+            raise ValueError("init word must not be empty (the paper uses 'and')")
+        return self
+
+    def as_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["lr"] = self.lr
+        d["adam_betas"] = list(self.adam_betas)
+        return d
+
+
+class Backend(Protocol):
+    """What the loop needs from a frozen text-to-image model."""
+
+    encoder_keys: list[str]               # text encoders that get a vector: ["clip_l"], ["clip_l", "clip_g"]
+    placeholder_text: str                 # stand-in word tokenised where "{}" was
+
+    def initial_vectors(self, word: str) -> dict[str, torch.Tensor]: ...
+    def steering_vocabulary(self, key: str) -> steering.SteeringVocabulary: ...
+    def embedding_rows(self, key: str, ids: list[int]) -> torch.Tensor: ...
+    def caption_ids(self, key: str, caption: str) -> list[int]: ...
+    def denoising_loss(self, vectors: dict[str, torch.Tensor], latents: torch.Tensor,
+                       captions: list[str], timesteps: torch.Tensor, noise: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclass
+class TrainResult:
+    vectors: dict[str, torch.Tensor]
+    history: list[dict] = field(default_factory=list)   # one record per update
+    stopped_early: bool = False
+    seconds: float = 0.0
+
+    @property
+    def steps_done(self) -> int:
+        return len(self.history)
+
+    def final_losses(self, window: int = 50) -> dict:
+        recent = self.history[-window:]
+        if not recent:
+            return {}
+        return {k: sum(r[k] for r in recent) / len(recent) for k in ("loss", "denoise", "steer")}
+
+
+StepCallback = Callable[[int, int, dict], "bool | None"]
+
+
+def train(backend: Backend, latents: torch.Tensor, templates: list[list[str]], config: TrainConfig,
+          callback: StepCallback | None = None) -> TrainResult:
+    """Learn the relation vector(s). `latents[i]` is exemplar i, already VAE-encoded once.
+
+    `callback(step, total, record)` runs after every update (progress, interruption);
+    returning True stops early with the vectors learned so far.
+    """
+    config.check()
+    if latents.shape[0] != len(templates):
+        raise ValueError(f"{latents.shape[0]} latents but {len(templates)} template lists")
+    gen = torch.Generator().manual_seed(config.seed)
+    rng = random.Random(config.seed)
+    sampler = timesteps.FocalTimestepSampler(config.focal_alpha, generator=gen)
+    vectors = {k: torch.nn.Parameter(v.detach().float().clone())
+               for k, v in backend.initial_vectors(config.init_word).items()}
+    optimizer = torch.optim.AdamW(list(vectors.values()), lr=config.lr, betas=tuple(config.adam_betas),
+                                  eps=config.adam_eps, weight_decay=config.weight_decay)
+    vocabularies = {k: backend.steering_vocabulary(k) for k in backend.encoder_keys}
+    order = _exemplar_stream(len(templates), gen)
+    result = TrainResult(vectors={})
+    start = time.perf_counter()
+
+    for step in range(config.steps):
+        totals = {"loss": 0.0, "denoise": 0.0, "steer": 0.0}
+        for _ in range(config.grad_accum):
+            idx = [next(order) for _ in range(config.batch_size)]
+            captions = [rng.choice(templates[i]).replace("{}", backend.placeholder_text) for i in idx]
+            positive_words = [steering.sample_positive_words(rng, config.num_positives) for _ in idx]
+            batch = latents[idx]
+            t = sampler.sample(len(idx))
+            noise = torch.randn(batch.shape, generator=gen).to(batch.device, batch.dtype)
+
+            denoise = backend.denoising_loss(vectors, batch, captions, t, noise)
+            steer = torch.stack([
+                steering.steering_loss(
+                    vectors[k],
+                    backend.embedding_rows(k, vocabularies[k].positive_ids(positive_words)),
+                    backend.embedding_rows(k, vocabularies[k].negative_ids(
+                        [backend.caption_ids(k, c) for c in captions])),
+                    config.temperature)
+                for k in backend.encoder_keys]).mean()
+            loss = denoise.float() + config.steering_weight * steer.to(denoise.device)
+            (loss / config.grad_accum).backward()
+            for k, v in (("loss", loss), ("denoise", denoise), ("steer", steer)):
+                totals[k] += float(v.detach()) / config.grad_accum
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        record = {"step": step + 1, **totals}
+        result.history.append(record)
+        if callback is not None and callback(step + 1, config.steps, record):
+            result.stopped_early = step + 1 < config.steps
+            break
+
+    result.vectors = {k: v.detach().clone() for k, v in vectors.items()}
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _exemplar_stream(n: int, gen: torch.Generator):
+    """Exemplar indices, a fresh random permutation per epoch (every image equally often)."""
+    while True:
+        yield from torch.randperm(n, generator=gen).tolist()

@@ -1,0 +1,406 @@
+"""The host adapter: every ComfyUI internal that relation training and injection touch.
+
+Differences between ComfyUI versions are handled here with `hasattr`/signature probes
+(never version numbers), so that a host change touches this one file. Traps this module
+exists for (see docs/design.md):
+
+- nodes run under `torch.inference_mode()`: weights loaded by other nodes are inference
+  tensors that autograd refuses; `trainable_host()` leaves inference mode and swaps them
+  for normal tensors (same values), which later stock nodes use unchanged;
+- ComfyUI's CLIP layers (and the 2024 UNet) add in place (`x += ...`), which breaks
+  backprop; `inplace_safe()` clones tensors that autograd saves;
+- the learned vector enters the text encoder through a wrapper around the token-embedding
+  module (`injected_token`), the one route that is differentiable in every version;
+- noise and targets follow the host's own `model_sampling` (eps or v prediction).
+"""
+from __future__ import annotations
+
+import contextlib
+import inspect
+from dataclasses import dataclass
+
+import torch
+
+
+# --------------------------------------------------------------------- autograd access
+
+@contextlib.contextmanager
+def inplace_safe():
+    """Autograd through host code that modifies activations in place.
+
+    Every tensor that autograd saves for backward and that itself requires grad is cloned
+    when saved, so a later `x += ...` cannot invalidate it. Gradients are exact (tested
+    against finite differences); the cost is one copy per saved activation.
+    """
+    def pack(t):
+        return t.clone() if t.requires_grad else t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        yield
+
+
+def de_inference(module: torch.nn.Module) -> int:
+    """Replace inference-mode parameters/buffers of `module` by normal copies.
+
+    Same values, same dtype/device, requires_grad False. Must run outside inference mode.
+    Returns how many tensors were replaced. The module keeps working for inference, so the
+    host model stays usable by later nodes.
+    """
+    replaced = 0
+    for sub in module.modules():
+        for name, p in list(sub._parameters.items()):
+            if p is not None and p.is_inference():
+                sub._parameters[name] = torch.nn.Parameter(p.clone(), requires_grad=False)
+                replaced += 1
+        for name, b in list(sub._buffers.items()):
+            if b is not None and b.is_inference():
+                sub._buffers[name] = b.clone()
+                replaced += 1
+    return replaced
+
+
+@contextlib.contextmanager
+def training_mode():
+    """Leave ComfyUI's inference mode and enable grad for the duration of training."""
+    with torch.inference_mode(False), torch.enable_grad():
+        yield
+
+
+# ----------------------------------------------------------------------- model sampling
+
+def model_sampling(model):
+    """The sigma schedule + parameterisation the host samples this MODEL with.
+
+    Newer hosts route it through `get_model_object` (honours ModelSamplingDiscrete-style
+    patches); 2024 hosts keep patches in `object_patches`.
+    """
+    if hasattr(model, "get_model_object"):
+        return model.get_model_object("model_sampling")
+    return getattr(model, "object_patches", {}).get("model_sampling", model.model.model_sampling)
+
+
+def is_v_prediction(ms) -> bool:
+    import comfy.model_sampling
+    return isinstance(ms, comfy.model_sampling.V_PREDICTION)
+
+
+def sigma_for_timestep(ms, t: torch.Tensor) -> torch.Tensor:
+    """Discrete timestep index (0 = least noise) -> the host's sigma for it."""
+    return ms.sigma(t.float())
+
+
+def noisy_latent(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """x = x0 + sigma * noise (k-diffusion form, sigma_data = 1); sigma per batch item.
+
+    Written out rather than `ms.noise_scaling` because the 2024 host does not broadcast a
+    per-item sigma there.
+    """
+    return x0 + noise * sigma.view(-1, *([1] * (x0.ndim - 1)))
+
+
+def prediction_and_target(ms, x: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor,
+                          sigma: torch.Tensor, denoised: torch.Tensor):
+    """(model prediction, training target) in the model's own parameterisation.
+
+    The host's `apply_model` returns the denoised estimate D. For eps models the network
+    predicts eps = (x - D) / sigma with target `noise` (the ReVersion / diffusers loss); for
+    v models it predicts v = (x/(s^2+1) - D) * sqrt(s^2+1)/s with target
+    (noise - s*x0)/sqrt(s^2+1) (diffusers' v target in k-diffusion units).
+    """
+    s = sigma.view(-1, *([1] * (x.ndim - 1))).to(x.dtype)
+    if is_v_prediction(ms):
+        root = torch.sqrt(s * s + 1.0)
+        pred = (x / (s * s + 1.0) - denoised) * root / s
+        target = (noise - s * x0) / root
+        return pred, target
+    return (x - denoised) / s, noise
+
+
+# --------------------------------------------------------------------- token injection
+
+class InjectedToken(torch.nn.Module):
+    """Wraps a token-embedding module: rows of `token_id` come from `vector`.
+
+    Exposes the wrapped table as `.weight` so host code that reads the table (sizes, the
+    2024 host's textual-embedding set-up) keeps working.
+    """
+
+    def __init__(self, embedding: torch.nn.Module, token_id: int, vector: torch.Tensor):
+        super().__init__()
+        self.inner = embedding
+        self.token_id = token_id
+        self.vector = vector
+
+    @property
+    def weight(self):
+        return self.inner.weight
+
+    def forward(self, ids, out_dtype=None, **kwargs):
+        base = self.inner(ids, out_dtype=out_dtype, **kwargs) if out_dtype is not None \
+            else self.inner(ids, **kwargs)
+        vec = self.vector.to(base.dtype)
+        return torch.where((ids == self.token_id).unsqueeze(-1), vec, base)
+
+
+@contextlib.contextmanager
+def injected_token(text_encoder, token_id: int, vector: torch.Tensor):
+    """Temporarily route `token_id` of one SDClipModel through `vector` (differentiable)."""
+    transformer = text_encoder.transformer
+    original = transformer.get_input_embeddings()
+    transformer.set_input_embeddings(InjectedToken(original, token_id, vector))
+    try:
+        yield
+    finally:
+        transformer.set_input_embeddings(original)
+
+
+def accepted(fn, **kwargs) -> dict:
+    """The subset of kwargs that `fn` takes (host signatures differ between versions)."""
+    params = inspect.signature(fn).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return kwargs
+    return {k: v for k, v in kwargs.items() if k in params}
+
+
+# ------------------------------------------------------------------------ text encoders
+
+STANDIN = "ohwx"   # a single-BPE CLIP token that stands for the relation while tokenising
+RELATION_MARKERS = ("<R>", "<r>")
+
+
+class RelationError(ValueError):
+    """Bad relation input (prompt, family, name); the message names the fix."""
+
+
+@dataclass
+class TextEncoder:
+    """One CLIP text encoder of a ComfyUI CLIP object (SDXL has two)."""
+    key: str          # relation-file / embedding key: "clip_l", "clip_g", "clip_h"
+    token_key: str    # key in `clip.tokenize()` output: "l", "g", "h"
+    module: torch.nn.Module       # comfy.sd1_clip.SDClipModel
+    tokenizer: object             # comfy.sd1_clip.SDTokenizer
+
+    @property
+    def table(self) -> torch.Tensor:
+        return self.module.transformer.get_input_embeddings().weight
+
+    @property
+    def width(self) -> int:
+        return int(self.table.shape[1])
+
+    def content_ids(self, text: str) -> list[int]:
+        """Token ids of `text` without start/end/padding tokens (any pad id)."""
+        ids = []
+        for chunk in self.tokenizer.tokenize_with_weights(text):
+            toks = [t[0] for t in chunk]
+            if toks and toks[0] == self.tokenizer.start_token:
+                toks = toks[1:]
+            if self.tokenizer.end_token in toks:
+                toks = toks[:toks.index(self.tokenizer.end_token)]
+            ids += [int(t) for t in toks]
+        return ids
+
+    def single_id(self, word: str, role: str) -> int:
+        ids = self.content_ids(word)
+        if len(ids) != 1:
+            raise RelationError(f"{role} {word!r} is {len(ids)} tokens for the {self.key} tokenizer; "
+                                f"use a single-token word such as 'and'")
+        return ids[0]
+
+
+def text_encoders(clip) -> list[TextEncoder]:
+    """The CLIP-L/H/G encoders of a ComfyUI CLIP (SD1: l; SD2: h; SDXL: l + g)."""
+    found = []
+    for short in ("l", "h", "g"):
+        module = getattr(clip.cond_stage_model, f"clip_{short}", None)
+        tokenizer = getattr(clip.tokenizer, f"clip_{short}", None)
+        if module is not None and tokenizer is not None:
+            found.append(TextEncoder(f"clip_{short}", short, module, tokenizer))
+    if not found:
+        raise RelationError(f"unsupported text encoder {type(clip.cond_stage_model).__name__}: ReVersion "
+                            f"needs a CLIP-L/H/G text encoder (SD1.x, SD2.x, SDXL)")
+    return found
+
+
+def check_family(relation, encoders: list[TextEncoder]) -> None:
+    from reversion.relation_file import family_name
+    widths = {e.key: e.width for e in encoders}
+    if relation.widths != widths:
+        raise RelationError(
+            f"relation '{relation.name}' was trained for {relation.family} ({_widths_text(relation.widths)}) "
+            f"but this CLIP is {family_name(widths)} ({_widths_text(widths)}); train the relation "
+            f"on this model or load one made for it")
+
+
+def _widths_text(widths: dict) -> str:
+    return ", ".join(f"{k} {v}-d" for k, v in sorted(widths.items()))
+
+
+def relation_text(text: str) -> str:
+    """Prompt with every <R> replaced by the stand-in token (spaced: its own word)."""
+    if STANDIN in text.lower().split():
+        raise RelationError(f"the prompt uses the word '{STANDIN}', which this pack reserves for <R>; "
+                            f"rephrase that word")
+    if not any(m in text for m in RELATION_MARKERS):
+        raise RelationError(f"the prompt has no <R>: write it where the relation goes, e.g. 'a cat <R> a dog'")
+    for m in RELATION_MARKERS:
+        text = text.replace(m, f" {STANDIN} ")
+    return text
+
+
+def encode_with_relation(clip, relation, text: str):
+    """CONDITIONING for `text` with <R> = the relation's vector(s).
+
+    The vector takes the stand-in token's place in the host's token list (the documented
+    "tensor as token" route that `embedding:name` also takes), so the result equals stock
+    CLIPTextEncode with `embedding:<name>` written in place of <R>.
+    """
+    encoders = {e.token_key: e for e in text_encoders(clip)}
+    check_family(relation, list(encoders.values()))
+    tokens = clip.tokenize(relation_text(text))
+    for token_key, chunks in tokens.items():
+        enc = encoders[token_key]
+        standin = enc.single_id(STANDIN, "stand-in")
+        vector = relation.vectors[enc.key]
+        tokens[token_key] = [[(vector,) + tuple(t[1:]) if isinstance(t[0], int) and t[0] == standin else t
+                              for t in chunk] for chunk in chunks]
+    if hasattr(clip, "encode_from_tokens_scheduled"):
+        return clip.encode_from_tokens_scheduled(tokens)
+    cond, pooled = clip.encode_from_tokens(tokens, return_pooled=True)
+    return [[cond, {"pooled_output": pooled}]]
+
+
+# ------------------------------------------------------------------------------ training
+
+def vae_encode(vae, images: torch.Tensor) -> torch.Tensor:
+    """Exemplar IMAGE batch -> raw latents, once per training run (not every step).
+
+    The 2024 host samples the VAE posterior (a little noise per call); encoding once keeps
+    the exemplar set fixed for the whole run."""
+    with torch.no_grad():
+        return vae.encode(images[..., :3]).detach().clone()
+
+
+class ComfyBackend:
+    """`reversion.trainer.Backend` for a ComfyUI MODEL + CLIP.
+
+    Text goes through the host's own `encode_from_tokens` (clip skip, SDXL's l+g concat and
+    pooled output included) with the relation vector routed in by `injected_token`; the
+    UNet through `extra_conds` + `apply_model` (SDXL's `y` included), noise and targets
+    through the host's `model_sampling`.
+    """
+
+    placeholder_text = STANDIN
+
+    def __init__(self, model, clip):
+        self.model, self.clip = model, clip
+        self.encoders = text_encoders(clip)
+        self.encoder_keys = [e.key for e in self.encoders]
+        self.by_key = {e.key: e for e in self.encoders}
+        self.standin_ids = {e.key: e.single_id(STANDIN, "stand-in") for e in self.encoders}
+        self.ms = model_sampling(model)
+        self.device = model.load_device
+        self._tokens: dict[str, dict] = {}
+        self._caption_ids: dict[tuple, list[int]] = {}
+
+    def prepare(self) -> None:
+        """Load to the compute device and make the weights usable by autograd (call in
+        training_mode)."""
+        import comfy.model_management as mm
+        mm.load_models_gpu([self.model, self.clip.patcher])
+        de_inference(self.model.model)
+        de_inference(self.ms)
+        de_inference(self.clip.cond_stage_model)
+
+    # -- text side
+    def initial_vectors(self, word: str) -> dict[str, torch.Tensor]:
+        return {e.key: e.table[e.single_id(word, "init word")].detach().float().cpu().clone()
+                for e in self.encoders}
+
+    def steering_vocabulary(self, key: str):
+        from reversion.steering import SteeringVocabulary
+        return SteeringVocabulary(self.by_key[key].content_ids, placeholder_ids=[self.standin_ids[key]])
+
+    def embedding_rows(self, key: str, ids: list[int]) -> torch.Tensor:
+        table = self.by_key[key].table
+        return table[torch.tensor(ids, dtype=torch.long, device=table.device)].detach().float().cpu()
+
+    def caption_ids(self, key: str, caption: str) -> list[int]:
+        if (key, caption) not in self._caption_ids:
+            self._caption_ids[(key, caption)] = self.by_key[key].content_ids(caption)
+        return self._caption_ids[(key, caption)]
+
+    def _tokenize(self, caption: str) -> dict:
+        if caption not in self._tokens:
+            tokens = self.clip.tokenize(caption)
+            for key, chunks in tokens.items():
+                if len(chunks) != 1:
+                    raise RelationError(f"caption {caption!r} is longer than one 77-token chunk; "
+                                        f"shorten the template")
+                ids = [t[0] for t in chunks[0]]
+                enc = next(e for e in self.encoders if e.token_key == key)
+                if ids.count(self.standin_ids[enc.key]) != 1:
+                    raise RelationError(f"caption {caption!r}: the relation slot must be its own word "
+                                        f"(spaces around '{{}}') and appear once")
+            self._tokens[caption] = tokens
+        return self._tokens[caption]
+
+    def encode(self, vectors: dict[str, torch.Tensor], caption: str):
+        with contextlib.ExitStack() as stack:
+            for e in self.encoders:
+                stack.enter_context(injected_token(e.module, self.standin_ids[e.key], vectors[e.key]))
+            return self.clip.encode_from_tokens(self._tokenize(caption), return_pooled=True)
+
+    # -- denoiser side
+    def model_conds(self, cond: torch.Tensor, pooled, x: torch.Tensor) -> dict:
+        out = self.model.model.extra_conds(cross_attn=cond, pooled_output=pooled, device=x.device, noise=x,
+                                           width=x.shape[3] * 8, height=x.shape[2] * 8, prompt_type="positive")
+        return {k: v.cond for k, v in out.items()}
+
+    def denoising_loss(self, vectors, latents, captions, timesteps, noise) -> torch.Tensor:
+        with inplace_safe():
+            encoded = [self.encode(vectors, c) for c in captions]
+            cond = torch.cat([c for c, _ in encoded]).to(self.device)
+            pooled = None if encoded[0][1] is None else torch.cat([p for _, p in encoded]).to(self.device)
+            x0 = self.model.model.process_latent_in(latents.to(self.device))
+            noise = noise.to(x0)
+            sigma = sigma_for_timestep(self.ms, timesteps.to(self.device)).to(x0)
+            x = noisy_latent(x0, noise, sigma)
+            denoised = self.model.model.apply_model(x, sigma, **self.model_conds(cond, pooled, x))
+        pred, target = prediction_and_target(self.ms, x, x0, noise, sigma, denoised)
+        return torch.nn.functional.mse_loss(pred.float(), target.float())
+
+
+def progress(total: int):
+    """A ComfyUI progress bar (front-end progress; interrupts raise in server mode)."""
+    import comfy.utils
+    return comfy.utils.ProgressBar(total)
+
+
+def check_interrupted() -> None:
+    """Raise ComfyUI's InterruptProcessingException if the user pressed Cancel."""
+    import comfy.model_management as mm
+    mm.throw_exception_if_processing_interrupted()
+
+
+def embeddings_directory() -> str:
+    import folder_paths
+    return folder_paths.get_folder_paths("embeddings")[0]
+
+
+def train_relation(model, clip, vae, exemplars, config, callback=None):
+    """Encode the exemplars once, then run the ReVersion loop on the host's model.
+
+    Returns the `reversion.trainer.TrainResult`. Host weights are not modified: they are
+    only re-wrapped as normal (non-inference) tensors with the same values.
+    """
+    import comfy.model_management as mm
+    from reversion import trainer
+    with training_mode():
+        backend = ComfyBackend(model, clip)
+        latents = vae_encode(vae, exemplars.images)
+        backend.prepare()
+        try:
+            return trainer.train(backend, latents, exemplars.templates, config, callback)
+        finally:
+            mm.soft_empty_cache()

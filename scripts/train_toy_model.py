@@ -1,0 +1,237 @@
+"""Train the toy-world text-to-image model from scratch (UNet + text encoder).
+
+    python scripts/train_toy_model.py            # or: make toy-model
+
+Resumable: a checkpoint is written to --run-dir every --checkpoint-every steps and the
+script continues from it when run again. At the end the EMA weights are written (fp16) to
+--out, the file the Toy World Model node loads. Defaults are the committed model's recipe
+(see BENCHMARKS.md for its time and quality).
+
+Recipe: v-prediction on SD's discrete schedule, uniform timesteps, v-MSE with the
+weight of near-clean steps capped (min(1 + SNR, 6) / (1 + SNR)), AdamW
+lr 1e-3 with 200 warm-up steps, grad clip 1, EMA 0.999, batch 32, 10% empty captions
+(for classifier-free guidance). Only token-table rows of words that occur in captions are
+trained (a compact table, scattered back into the full 49408-row table at export), which
+keeps the optimizer cheap.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=7000)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--empty-caption", type=float, default=0.1, help="fraction of empty captions (for CFG)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    p.add_argument("--run-dir", default=str(REPO / "runs" / "toy_model"))
+    p.add_argument("--checkpoint-every", type=int, default=500)
+    p.add_argument("--out", default=str(REPO / "models" / "toyworld.safetensors"))
+    p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="stop (with a checkpoint) after this long; run again to continue")
+    p.add_argument("--export-partial", action="store_true",
+                   help="with --max-minutes: also write --out when stopping early")
+    return p.parse_args(argv)
+
+
+class CompactEmbedding(torch.nn.Module):
+    """Token embedding whose trainable rows are only those of `used_ids`.
+
+    Lookups of ids outside `used_ids` return a fixed row (they never occur in training).
+    `full_table()` scatters the rows back into a `base` table of the real vocabulary size.
+    """
+
+    def __init__(self, base: torch.Tensor, used_ids: list[int]):
+        super().__init__()
+        self.register_buffer("base", base.clone())
+        index = torch.zeros(base.shape[0], dtype=torch.long)
+        index[torch.tensor(used_ids)] = torch.arange(1, len(used_ids) + 1)
+        self.register_buffer("index", index)
+        self.rows = torch.nn.Parameter(base[torch.tensor(used_ids)].clone())
+        self.used_ids = used_ids
+
+    def forward(self, ids, out_dtype=None, **_):
+        table = torch.cat([torch.zeros_like(self.rows[:1]), self.rows])
+        out = table[self.index[ids]]
+        return out if out_dtype is None else out.to(out_dtype)
+
+    def full_table(self, rows=None) -> torch.Tensor:
+        full = self.base.clone()
+        full[torch.tensor(self.used_ids)] = (self.rows if rows is None else rows).detach()
+        return full
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from reversion_comfy import standalone
+    standalone.import_comfy(args.device)
+    from reversion_comfy import adapter, toy_model
+    from reversion.toyworld import scenes
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+
+    base = toy_model.new_unet(device="cpu")
+    toy_model.init_weights(base, seed=args.seed)
+    target = toy_model.clip_target()
+    text_encoder = target.clip(device="cpu", dtype=torch.float32).clip_l   # an SDClipModel
+    toy_model.init_weights(text_encoder, seed=args.seed + 1)
+    tokenizer = target.tokenizer().clip_l                                   # an SDTokenizer
+
+    # every caption the world can produce, tokenised once with the stock tokenizer
+    vocab_texts = [""]
+    for rel in scenes.RELATIONS:
+        for word in scenes.SYNONYMS[rel]:
+            for a, b in scenes.object_pairs():
+                for art in (True, False):
+                    vocab_texts.append(scenes.fill_template(scenes.template(a, b, art), word))
+    for a, b in scenes.object_pairs():
+        for art in (True, False):
+            vocab_texts.append(scenes.fill_template(scenes.template(a, b, art), scenes.UNRELATED))
+    token_cache = {t: [tok for tok, _w in tokenizer.tokenize_with_weights(t)[0]] for t in vocab_texts}
+    used_ids = sorted({i for toks in token_cache.values() for i in toks})
+    print(f"{len(token_cache)} captions, {len(used_ids)} distinct tokens", flush=True)
+
+    emb_module = text_encoder.transformer.text_model.embeddings
+    compact = CompactEmbedding(emb_module.token_embedding.weight.detach().float(), used_ids)
+    emb_module.token_embedding = compact
+
+    base.diffusion_model.to(device).train()
+    text_encoder.to(device).train()
+    ms = base.model_sampling.to(device)
+    params = list(base.diffusion_model.parameters()) + list(text_encoder.transformer.parameters())
+    for p in params:          # the host freezes text encoders on construction
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
+    ema = [p.detach().clone() for p in params]
+
+    run_dir = Path(args.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = run_dir / "checkpoint.pt"
+    step, elapsed = 0, 0.0
+    if ckpt_path.exists() and not args.fresh:
+        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)  # our own file
+        for p, v in zip(params, ck["params"]):
+            p.data.copy_(v)
+        for e, v in zip(ema, ck["ema"]):
+            e.copy_(v)
+        opt.load_state_dict(ck["opt"])
+        step, elapsed = ck["step"], ck["elapsed"]
+        rng = np.random.default_rng()
+        rng.bit_generator.state = ck["rng"]
+        torch.set_rng_state(ck["torch_rng"])
+        if ck.get("cuda_rng") is not None and device.type == "cuda":
+            torch.cuda.set_rng_state_all(ck["cuda_rng"])
+        print(f"resumed at step {step} ({elapsed / 60:.1f} min so far)", flush=True)
+
+    def save_checkpoint():
+        tmp = ckpt_path.with_suffix(".tmp")
+        torch.save({"params": [p.detach().cpu() for p in params], "ema": [e.cpu() for e in ema],
+                    "opt": opt.state_dict(), "step": step, "elapsed": elapsed,
+                    "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
+                    "args": vars(args)}, tmp)
+        os.replace(tmp, ckpt_path)
+
+    t_start = time.time() - elapsed
+    losses = []
+    while step < args.steps:
+        lr = args.lr * min(1.0, (step + 1) / args.warmup)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        pixels, captions = [], []
+        for _ in range(args.batch):
+            scene, caption = scenes.training_example(rng)
+            pixels.append(scenes.render(scene))
+            captions.append("" if rng.random() < args.empty_caption else caption)
+        x0 = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2) * 2 - 1
+        x0 = torch.cat([x0, torch.zeros_like(x0[:, :1])], 1).to(device)
+        ids = torch.tensor([token_cache[c] for c in captions], device=device)
+        t = torch.randint(0, 1000, (args.batch,), device=device)
+        sigma = adapter.sigma_for_timestep(ms, t)
+        noise = torch.randn_like(x0)
+        x = adapter.noisy_latent(x0, noise, sigma)
+        with adapter.inplace_safe():       # host layers add in place (CLIP; the 2024 UNet)
+            cond = text_encoder.transformer(ids)[0]
+            denoised = base.apply_model(x, sigma, c_crossattn=cond)
+        pred, tgt = adapter.prediction_and_target(ms, x, x0, noise, sigma, denoised)
+        # v-MSE weights every noise level like the denoiser's EDM loss; cap that weight
+        # (1 + SNR) at 6 so near-clean steps don't dominate: w = min(1 + SNR, 6) / (1 + SNR)
+        snr = sigma.float() ** -2
+        weight = torch.clamp(6.0 / (1.0 + snr), max=1.0)
+        loss = (weight * (pred.float() - tgt.float()).pow(2).mean(dim=(1, 2, 3))).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        with torch.no_grad():
+            decay = min(args.ema, (1 + step) / (10 + step))
+            for e, p in zip(ema, params):
+                e.lerp_(p.detach(), 1 - decay)
+        losses.append(loss.item())
+        step += 1
+        elapsed = time.time() - t_start
+        if step % 50 == 0 or step == args.steps:
+            rate = elapsed / step if step else 0
+            print(f"step {step}/{args.steps} loss {np.mean(losses[-50:]):.4f} "
+                  f"{rate:.3f} s/step, {elapsed / 60:.1f} min, eta {(args.steps - step) * rate / 60:.1f} min",
+                  flush=True)
+        if step % args.checkpoint_every == 0:
+            save_checkpoint()
+        if args.max_minutes and elapsed > args.max_minutes * 60 and step < args.steps:
+            save_checkpoint()
+            print(f"stopping after {elapsed / 60:.1f} min at step {step}; run again to continue", flush=True)
+            if args.export_partial:
+                export(args, params, ema, compact, base, text_encoder, step, elapsed)
+            return
+    save_checkpoint()
+    export(args, params, ema, compact, base, text_encoder, step, elapsed)
+
+
+def export(args, params, ema, compact, base, text_encoder, step, elapsed):
+    """Write the EMA weights as one fp16 safetensors file (unet.* and clip.* keys)."""
+    import safetensors.torch
+    with torch.no_grad():
+        for p, e in zip(params, ema):
+            p.data.copy_(e)
+        sd = {}
+        for k, v in base.diffusion_model.state_dict().items():
+            sd["unet." + k] = v.detach().cpu().half().contiguous()
+        for k, v in text_encoder.transformer.state_dict().items():
+            if k.startswith("text_model.embeddings.token_embedding."):
+                continue
+            sd["clip." + k] = v.detach().cpu().half().contiguous()
+        sd["clip.text_model.embeddings.token_embedding.weight"] = compact.full_table().cpu().half().contiguous()
+    meta = {"steps": str(step), "train_seconds": f"{elapsed:.0f}",
+            "recipe": json.dumps({k: v for k, v in vars(args).items() if k not in ("out", "run_dir")}),
+            "format": "ComfyUI-ReVersion toy world model v1"}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    safetensors.torch.save_file(sd, str(out), metadata=meta)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB) after {step} steps, {elapsed / 60:.1f} min", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""Test set-up: a real ComfyUI host (COMFYUI_PATH, default the bundled 0.3.75 copy) and
+this pack loaded into it the way ComfyUI loads custom nodes.
+
+Tests that need no host (the method in `reversion/`) don't touch the `comfy` fixture.
+"""
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.append(str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+@pytest.fixture(scope="session")
+def comfy(tmp_path_factory):
+    """The host, with input/output/temp/embeddings folders in a temp dir and the pack loaded."""
+    from reversion_comfy import standalone
+    host_path = standalone.import_comfy("cpu")
+    import folder_paths
+    import nodes
+    root = tmp_path_factory.mktemp("comfy")
+    for sub in ("input", "output", "temp", "embeddings", "custom_nodes"):
+        (root / sub).mkdir()
+    folder_paths.set_output_directory(str(root / "output"))
+    folder_paths.set_temp_directory(str(root / "temp"))
+    folder_paths.set_input_directory(str(root / "input"))
+    folder_paths.folder_names_and_paths["embeddings"] = ([str(root / "embeddings")],
+                                                        set(folder_paths.supported_pt_extensions))
+    pack = root / "custom_nodes" / "ComfyUI-ReVersion"
+    pack.symlink_to(REPO, target_is_directory=True)
+    loaded = nodes.load_custom_node(str(pack))
+    if inspect.iscoroutine(loaded):
+        loaded = asyncio.run(loaded)
+    assert loaded, "ComfyUI failed to import the pack (see the log above)"
+    return SimpleNamespace(path=host_path, root=root, embeddings=root / "embeddings", input=root / "input",
+                           nodes=nodes, node=lambda name: nodes.NODE_CLASS_MAPPINGS[name]())
+
+
+@pytest.fixture(scope="session")
+def tiny(comfy):
+    """tiny("sd1" | "sd2v" | "sdxl") -> (MODEL, CLIP, VAE), built once per session."""
+    import tiny_models
+    cache = {}
+
+    def get(family):
+        if family not in cache:
+            cache[family] = tiny_models.build(family, embedding_directory=[str(comfy.embeddings)])
+        return cache[family]
+    return get
+
+
+@pytest.fixture(scope="session")
+def toy(comfy):
+    """The committed toy-world model, loaded through the Toy World Model node."""
+    with torch.inference_mode():
+        return comfy.node("ReVersionToyWorldModel").load()
+
+
+def run_node(comfy, node_name, method, **inputs):
+    """Call a node's function the way the executor does: under inference mode."""
+    node = comfy.node(node_name)
+    with torch.inference_mode():
+        return getattr(node, method)(**inputs)

@@ -1,0 +1,204 @@
+"""The method in `reversion/`, without ComfyUI: steering loss, timestep sampler, word
+lists, trainer loop mechanics."""
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from reversion import steering, timesteps, trainer, vocab
+
+
+# ------------------------------------------------------------------------ word lists
+
+def test_word_lists_are_the_papers():
+    preps, stops = vocab.relation_words(), vocab.stop_words()
+    assert len(preps) == 56 and len(set(preps)) == 56
+    assert len(stops) == 127 and len(set(stops)) == 127
+    assert {"above", "inside", "astride", "within", "versus"} <= set(preps)
+    assert len(set(preps) & set(stops)) == 23          # of, at, by, with, in, on, over, ...
+    assert "and" in stops                               # the default init word is a stop word
+
+
+# --------------------------------------------------------------------- steering loss
+
+def reference_steering_loss(anchor, pos, neg, temperature):
+    """Independent float64 computation from the paper's formula:
+    -log( sum_P exp(a.p/T) / (sum_P exp(a.p/T) + sum_N exp(a.n/T)) ), unit vectors."""
+    a = anchor.double() / anchor.double().norm()
+    num = sum(math.exp(float(a @ (p.double() / p.double().norm())) / temperature) for p in pos)
+    den = num + sum(math.exp(float(a @ (n.double() / n.double().norm())) / temperature) for n in neg)
+    return -math.log(num / den)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_steering_loss_equals_float64_reference(seed):
+    g = torch.Generator().manual_seed(seed)
+    anchor, pos, neg = torch.randn(768, generator=g), torch.randn(8, 768, generator=g), torch.randn(5, 768, generator=g)
+    got = steering.steering_loss(anchor, pos, neg, temperature=0.07)
+    assert got.item() == pytest.approx(reference_steering_loss(anchor, pos, neg, 0.07), rel=1e-5)
+
+
+def test_steering_loss_prefers_prepositions():
+    g = torch.Generator().manual_seed(0)
+    pos, neg = torch.randn(4, 64, generator=g), torch.randn(6, 64, generator=g)
+    near_positive = steering.steering_loss(pos.mean(0), pos, neg)
+    near_negative = steering.steering_loss(neg.mean(0), pos, neg)
+    assert near_positive < near_negative
+
+
+def test_steering_gradient_reaches_only_the_relation_vector():
+    table = torch.nn.Parameter(torch.randn(100, 32))       # a frozen table that should get nothing
+    vec = torch.nn.Parameter(torch.randn(32))
+    pos, neg = table[[1, 2, 3, 4]].detach(), table[[10, 11]].detach()
+    steering.steering_loss(vec, pos, neg).backward()
+    assert vec.grad is not None and vec.grad.abs().sum() > 0
+    assert table.grad is None
+
+
+def test_steering_vocabulary_excludes_stop_words_prepositions_placeholder_and_padding():
+    ids = {w: i for i, w in enumerate(["a", "red", "cat", "on", "the", "mat", "zzz", ",", "!"])}
+    ids.update({w: 100 + i for i, w in enumerate(vocab.stop_words() + vocab.relation_words()) if w not in ids})
+    tokenize = lambda text: [ids[w] for w in text.split()]  # noqa: E731 (content ids only: no pad)
+    v = steering.SteeringVocabulary(tokenize, placeholder_ids=[ids["zzz"]])
+    caption = tokenize("a red cat zzz the mat ,")
+    assert v.negative_ids([caption, tokenize("red cat")]) == [ids["red"], ids["cat"], ids["mat"], ids[","],
+                                                             ids["red"], ids["cat"]]   # duplicates kept
+    assert v.positive_ids([["on", "the"]]) == [ids["on"], ids["the"]]
+
+
+def test_positive_words_are_distinct_prepositions():
+    rng = random.Random(0)
+    for _ in range(50):
+        words = steering.sample_positive_words(rng, 4)
+        assert len(set(words)) == 4 and set(words) <= set(vocab.relation_words())
+    with pytest.raises(ValueError, match="num_positives"):
+        steering.sample_positive_words(rng, 57)
+
+
+# ------------------------------------------------------------------- timestep sampler
+
+def test_focal_probabilities_match_the_formula():
+    p = timesteps.focal_probabilities(0.5)
+    t = torch.arange(1000, dtype=torch.float64)
+    assert p.sum().item() == pytest.approx(1.0)
+    assert (p[999] / p[0]).item() == pytest.approx(3.0, rel=1e-5)
+    assert (p * t).sum().item() == pytest.approx(600.9, abs=0.1)
+    assert torch.all(p[1:] >= p[:-1])                  # noisier steps are never less likely
+    assert torch.allclose(timesteps.focal_probabilities(0.0), torch.full((1000,), 1e-3, dtype=torch.float64))
+
+
+def test_sampler_draws_follow_p_of_t():
+    """200k draws: mean near 601, P(t >= 500) near 0.659, and a chi-square test over 20
+    bins that a wrong distribution (uniform, or alpha = 0.3) fails."""
+    from scipy import stats
+    draws = timesteps.FocalTimestepSampler(0.5, generator=torch.Generator().manual_seed(0)).sample(200_000)
+    draws = draws.double()
+    assert draws.min() >= 0 and draws.max() <= 999
+    assert draws.mean().item() == pytest.approx(600.9, abs=3.0)       # std of the mean ~0.6
+    assert (draws >= 500).double().mean().item() == pytest.approx(0.659, abs=0.005)
+    observed = np.histogram(draws.numpy(), bins=20, range=(0, 1000))[0]
+
+    def expected(alpha):
+        return timesteps.focal_probabilities(alpha).reshape(20, 50).sum(1).numpy() * len(draws)
+
+    assert stats.chisquare(observed, expected(0.5)).pvalue > 1e-3
+    assert stats.chisquare(observed, expected(0.0)).pvalue < 1e-12
+    assert stats.chisquare(observed, expected(0.3)).pvalue < 1e-12
+
+
+# --------------------------------------------------------------------- trainer loop
+
+class LinearBackend:
+    """A real (if tiny) differentiable model for the loop: the "denoiser" predicts noise
+    from latents and the mean caption embedding. No ComfyUI involved."""
+
+    encoder_keys = ["clip_l"]
+    placeholder_text = "<x>"
+
+    def __init__(self, dim=16, latent=8):
+        g = torch.Generator().manual_seed(0)
+        self.words = {w: i for i, w in enumerate(["and", "cat", "dog", "a", "<x>"] + list(vocab.relation_words()))}
+        self.table = torch.randn(len(self.words) + 200, dim, generator=g)
+        self.proj = torch.randn(dim, latent, generator=g)
+        self.denoise_calls = []
+
+    def initial_vectors(self, word):
+        return {"clip_l": self.table[self.words[word]].clone()}
+
+    def tokenize(self, text):
+        return [self.words.setdefault(w, len(self.words)) for w in text.split()]
+
+    def steering_vocabulary(self, key):
+        return steering.SteeringVocabulary(self.tokenize, placeholder_ids=[self.words["<x>"]])
+
+    def embedding_rows(self, key, ids):
+        return self.table[ids]
+
+    def caption_ids(self, key, caption):
+        return self.tokenize(caption)
+
+    def denoising_loss(self, vectors, latents, captions, timesteps, noise):
+        self.denoise_calls.append((list(captions), timesteps.clone()))
+        rows = []
+        for c in captions:
+            embs = [vectors["clip_l"] if w == "<x>" else self.table[self.words[w]] for w in c.split()]
+            rows.append(torch.stack(embs).mean(0))
+        pred = torch.stack(rows) @ self.proj
+        return ((pred - noise.mean(dim=1).flatten(1).mean(1, keepdim=True)) ** 2).mean() + latents.mean() * 0
+
+
+def test_trainer_updates_only_the_relation_vector_and_is_deterministic():
+    backend = LinearBackend()
+    table_before = backend.table.clone()
+    latents = torch.randn(3, 4, 2, 2)
+    templates = [["a cat {} a dog"], ["cat {} dog", "a cat {} dog"], ["a dog {} a cat"]]
+    cfg = trainer.TrainConfig(steps=20, batch_size=2, grad_accum=2, seed=5)
+    r1 = trainer.train(backend, latents, templates, cfg)
+    r2 = trainer.train(LinearBackend(), latents, templates, cfg)
+    assert torch.equal(backend.table, table_before)
+    assert not torch.equal(r1.vectors["clip_l"], table_before[backend.words["and"]])
+    assert torch.equal(r1.vectors["clip_l"], r2.vectors["clip_l"])            # same seed, same result
+    assert [h["loss"] for h in r1.history] == [h["loss"] for h in r2.history]
+    r3 = trainer.train(LinearBackend(), latents, templates, trainer.TrainConfig(steps=20, batch_size=2, grad_accum=2, seed=6))
+    assert not torch.equal(r1.vectors["clip_l"], r3.vectors["clip_l"])
+    # 20 updates x 2 micro-batches, every caption has the placeholder in the slot
+    assert len(backend.denoise_calls) == 40
+    assert all("<x>" in c and "{}" not in c for caps, _ in backend.denoise_calls for c in caps)
+
+
+def test_trainer_uses_paper_defaults_and_scaled_lr():
+    cfg = trainer.TrainConfig()
+    assert (cfg.steps, cfg.batch_size, cfg.grad_accum, cfg.init_word, cfg.seed) == (3000, 2, 4, "and", 2023)
+    assert cfg.lr == pytest.approx(2e-3)
+    assert (cfg.weight_decay, cfg.steering_weight, cfg.num_positives, cfg.temperature, cfg.focal_alpha) == \
+        (1e-2, 0.01, 4, 0.07, 0.5)
+    assert trainer.TrainConfig(scale_lr=False).lr == pytest.approx(2.5e-4)
+
+
+def test_trainer_callback_sees_every_update_and_can_stop():
+    seen = []
+    result = trainer.train(LinearBackend(), torch.randn(2, 4, 2, 2), [["cat {} dog"]] * 2,
+                           trainer.TrainConfig(steps=50, grad_accum=1),
+                           callback=lambda step, total, rec: seen.append((step, total)) or step == 7)
+    assert seen == [(s, 50) for s in range(1, 8)]
+    assert result.stopped_early and result.steps_done == 7
+
+
+def test_trainer_timesteps_are_focal():
+    backend = LinearBackend()
+    trainer.train(backend, torch.randn(2, 4, 2, 2), [["cat {} dog"]] * 2,
+                  trainer.TrainConfig(steps=500, batch_size=2, grad_accum=1))
+    t = torch.cat([ts for _, ts in backend.denoise_calls]).double()
+    assert t.mean().item() == pytest.approx(600.9, abs=25)     # 1000 draws, std of the mean ~8
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("steps", 0, "steps must be at least 1"), ("batch_size", 0, "batch_size"),
+    ("focal_alpha", 1.5, "focal alpha"), ("base_lr", 0.0, "learning rate"), ("init_word", " ", "init word")])
+def test_trainer_rejects_bad_settings(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        trainer.TrainConfig(**{field: value}).check()
