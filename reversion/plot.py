@@ -19,7 +19,7 @@ def loss_curve(history: list[dict], width: int = 512, height: int = 256, smooth:
     draw.rectangle([left, top, right, bottom], outline=(180, 180, 180))
     if not history:
         draw.text((left + 4, top + 4), "no updates yet", fill=(0, 0, 0))
-        return np.asarray(img)
+        return np.array(img)
     legend_x = left
     for key, colour in COLOURS.items():
         values = np.array([r[key] for r in history], dtype=np.float64)
@@ -35,4 +35,4 @@ def loss_curve(history: list[dict], width: int = 512, height: int = 256, smooth:
         draw.text((legend_x, bottom + 6), label, fill=colour)
         legend_x += (right - left) // 3
     draw.text((left, bottom + 22), f"{len(history)} updates", fill=(90, 90, 90))
-    return np.asarray(img)
+    return np.array(img)

@@ -272,12 +272,14 @@ def encode_with_relation(clip, relation, text: str):
 
 # ------------------------------------------------------------------------------ training
 
-def vae_encode(vae, images: torch.Tensor) -> torch.Tensor:
+def vae_encode(vae, images: torch.Tensor, seed: int) -> torch.Tensor:
     """Exemplar IMAGE batch -> raw latents, once per training run (not every step).
 
-    The 2024 host samples the VAE posterior (a little noise per call); encoding once keeps
-    the exemplar set fixed for the whole run."""
-    with torch.no_grad():
+    The 2024 host samples the VAE posterior with the global RNG; a seeded, forked RNG makes
+    that sample part of "same seed, same result" without touching the host's RNG state."""
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.no_grad(), torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
         return vae.encode(images[..., :3]).detach().clone()
 
 
@@ -398,7 +400,7 @@ def train_relation(model, clip, vae, exemplars, config, callback=None):
     from reversion import trainer
     with training_mode():
         backend = ComfyBackend(model, clip)
-        latents = vae_encode(vae, exemplars.images)
+        latents = vae_encode(vae, exemplars.images, config.seed)
         backend.prepare()
         try:
             return trainer.train(backend, latents, exemplars.templates, config, callback)

@@ -1,7 +1,7 @@
 """Test set-up: a real ComfyUI host (COMFYUI_PATH, default the bundled 0.3.75 copy) and
 this pack loaded into it the way ComfyUI loads custom nodes.
 
-Tests that need no host (the method in `reversion/`) don't touch the `comfy` fixture.
+Tests that need no host (the method in `reversion/`) don't touch the `host` fixture.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 @pytest.fixture(scope="session")
-def comfy(tmp_path_factory):
+def host(tmp_path_factory):
     """The host, with input/output/temp/embeddings folders in a temp dir and the pack loaded."""
     from reversion_comfy import standalone
     host_path = standalone.import_comfy("cpu")
@@ -47,27 +47,27 @@ def comfy(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def tiny(comfy):
+def tiny(host):
     """tiny("sd1" | "sd2v" | "sdxl") -> (MODEL, CLIP, VAE), built once per session."""
     import tiny_models
     cache = {}
 
     def get(family):
         if family not in cache:
-            cache[family] = tiny_models.build(family, embedding_directory=[str(comfy.embeddings)])
+            cache[family] = tiny_models.build(family, embedding_directory=[str(host.embeddings)])
         return cache[family]
     return get
 
 
 @pytest.fixture(scope="session")
-def toy(comfy):
+def toy(host):
     """The committed toy-world model, loaded through the Toy World Model node."""
     with torch.inference_mode():
-        return comfy.node("ReVersionToyWorldModel").load()
+        return host.node("ReVersionToyWorldModel").load()
 
 
-def run_node(comfy, node_name, method, **inputs):
+def run_node(host, node_name, method, **inputs):
     """Call a node's function the way the executor does: under inference mode."""
-    node = comfy.node(node_name)
+    node = host.node(node_name)
     with torch.inference_mode():
         return getattr(node, method)(**inputs)
