@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import os
 from dataclasses import dataclass
 
 import torch
@@ -386,8 +387,18 @@ def check_interrupted() -> None:
 
 
 def embeddings_directory() -> str:
+    """Where relation files are written: $REVERSION_EMBEDDINGS_DIR if set (it must be one of
+    ComfyUI's embeddings folders, so that `embedding:name` finds the file), else ComfyUI's
+    first embeddings folder (models/embeddings)."""
     import folder_paths
-    return folder_paths.get_folder_paths("embeddings")[0]
+    folders = folder_paths.get_folder_paths("embeddings")
+    chosen = os.environ.get("REVERSION_EMBEDDINGS_DIR")
+    if not chosen:
+        return folders[0]
+    if os.path.abspath(chosen) not in {os.path.abspath(f) for f in folders}:
+        raise RelationError(f"REVERSION_EMBEDDINGS_DIR={chosen} is not one of ComfyUI's embeddings folders "
+                            f"({', '.join(folders)}); add it in extra_model_paths.yaml or unset it")
+    return chosen
 
 
 def train_relation(model, clip, vae, exemplars, config, callback=None):

@@ -50,6 +50,8 @@ def parse_args(argv=None):
                    help="stop (with a checkpoint) after this long; run again to continue")
     p.add_argument("--export-partial", action="store_true",
                    help="with --max-minutes: also write --out when stopping early")
+    p.add_argument("--export-only", action="store_true",
+                   help="write --out from the run's last checkpoint without training")
     return p.parse_args(argv)
 
 
@@ -154,6 +156,12 @@ def main(argv=None):
                     "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
                     "args": vars(args)}, tmp)
         os.replace(tmp, ckpt_path)
+
+    if args.export_only:
+        if step == 0:
+            raise SystemExit(f"no checkpoint in {run_dir} to export")
+        export(args, params, ema, compact, base, text_encoder, step, elapsed)
+        return
 
     t_start = time.time() - elapsed
     losses = []
