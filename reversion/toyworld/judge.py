@@ -4,9 +4,10 @@ Exact on rendered scenes and tolerant of what a small diffusion model draws (noi
 edges, a tinted background, a notched shape):
 
 1. shrink the image to the 32 x 32 scene grid (area average);
-2. background = median colour of the border; foreground = pixels far from it;
-3. each foreground pixel takes the nearest palette colour (after removing the background
-   tint); per colour the largest 4-connected component is an object candidate, and the two
+2. background = median colour of the border; a pixel belongs to a palette colour when at
+   least half of its offset from the background points that colour's way (blur-proof:
+   a soft edge crosses 50% where the hard edge was; tint-proof: offsets cancel a tint);
+3. per colour the largest 4-connected component is an object candidate, and the two
    largest candidates are the objects;
 4. shape = the ideal shape (circle, square, triangle) whose mask best matches the object's
    convex hull (all toy shapes are convex, so the hull also closes the hole that an inner
@@ -19,10 +20,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .scenes import COLOURS, RELATIONS, SHAPES, SIZE, shape_mask
+from .scenes import BACKGROUND, COLOURS, RELATIONS, SHAPES, SIZE, shape_mask
 
 MIN_PIXELS = 6            # smaller colour blobs are noise
-FOREGROUND_DISTANCE = 0.22
+MAX_RESIDUAL = 0.35       # how far off a palette colour's line a pixel may be
 
 
 @dataclass
@@ -130,25 +131,33 @@ def classify_shape(hull: np.ndarray) -> str:
     return best
 
 
+def colour_masks(grid: np.ndarray) -> dict[str, np.ndarray]:
+    """Per palette colour, the pixels that are at least half that colour.
+
+    Each pixel's offset from the (estimated) background is projected on every palette
+    colour's offset from the true background: a share t >= 0.5 with a small residual means
+    "mostly this colour". Halfway is where a blurred edge crosses the true edge, and offsets
+    from the estimated background cancel a global tint.
+    """
+    border = np.concatenate([grid[0], grid[-1], grid[:, 0], grid[:, -1]])
+    offset = grid - np.median(border, axis=0)
+    names = list(COLOURS)
+    directions = np.array([COLOURS[n] for n in names], np.float32) - np.array(BACKGROUND, np.float32)
+    share = offset @ directions.T / (directions ** 2).sum(1)                     # H, W, C
+    residual = np.linalg.norm(offset[:, :, None, :] - share[..., None] * directions, axis=-1)
+    score = np.where((share >= 0.5) & (residual < MAX_RESIDUAL), residual, np.inf)
+    best = score.argmin(-1)
+    valid = np.isfinite(score.min(-1))
+    return {n: valid & (best == i) for i, n in enumerate(names)}
+
+
 def detect(image: np.ndarray) -> list[Detected]:
     """The (at most two) objects in an image, largest first."""
-    grid = to_grid(image)
-    border = np.concatenate([grid[0], grid[-1], grid[:, 0], grid[:, -1]])
-    background = np.median(border, axis=0)
-    foreground = np.linalg.norm(grid - background, axis=-1) > FOREGROUND_DISTANCE
-    # remove the background tint before matching colours (a tinted background tints the
-    # objects' edges the same way); compare against palette colours the same way
-    names = list(COLOURS)
-    palette = np.array([COLOURS[n] for n in names], np.float32)
-    neutral = np.float32(0.9)
-    shifted = grid - (background - neutral)
-    dist = np.linalg.norm(shifted[:, :, None, :] - palette[None, None], axis=-1)
-    nearest = dist.argmin(-1)
     found = []
-    for ci, name in enumerate(names):
-        comps = _components(foreground & (nearest == ci))
+    for colour, mask in colour_masks(to_grid(image)).items():
+        comps = _components(mask)
         if comps and comps[0].sum() >= MIN_PIXELS:
-            found.append((int(comps[0].sum()), name, comps[0]))
+            found.append((int(comps[0].sum()), colour, comps[0]))
     found.sort(key=lambda t: -t[0])
     out = []
     for _, colour, mask in found[:2]:
