@@ -139,7 +139,7 @@ class InjectedToken(torch.nn.Module):
     def forward(self, ids, out_dtype=None, **kwargs):
         base = self.inner(ids, out_dtype=out_dtype, **kwargs) if out_dtype is not None \
             else self.inner(ids, **kwargs)
-        vec = self.vector.to(base.dtype)
+        vec = self.vector.to(device=base.device, dtype=base.dtype)
         return torch.where((ids == self.token_id).unsqueeze(-1), vec, base)
 
 
@@ -310,7 +310,8 @@ class ComfyBackend:
         """Load to the compute device and make the weights usable by autograd (call in
         training_mode)."""
         import comfy.model_management as mm
-        mm.load_models_gpu([self.model, self.clip.patcher])
+        # whole models on the compute device: backprop through partially loaded weights is untested
+        mm.load_models_gpu([self.model, self.clip.patcher], **accepted(mm.load_models_gpu, force_full_load=True))
         de_inference(self.model.model)
         de_inference(self.ms)
         de_inference(self.clip.cond_stage_model)

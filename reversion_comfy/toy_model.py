@@ -228,3 +228,23 @@ def load(path: Path | str = WEIGHTS, embedding_directory=None):
     clip = new_clip(embedding_directory=embedding_directory)
     clip.cond_stage_model.clip_l.transformer.load_state_dict(clip_sd, strict=True)
     return model, clip, new_vae()
+
+
+def sample(model, clip, vae, positive, seed: int, batch: int, steps: int = 20, cfg: float = 4.0,
+           sampler: str = "euler", scheduler: str = "normal"):
+    """`batch` images (IMAGE tensor, 256 px) for a CONDITIONING, through the stock nodes
+    EmptyLatentImage -> KSampler (negative: the empty prompt) -> VAEDecode, run the way the
+    executor runs them (inference mode)."""
+    import nodes
+    with torch.inference_mode():
+        negative = nodes.CLIPTextEncode().encode(clip, "")[0]
+        latent = nodes.EmptyLatentImage().generate(IMAGE_SIZE, IMAGE_SIZE, batch)[0]
+        out = nodes.KSampler().sample(model, seed, steps, cfg, sampler, scheduler, positive, negative, latent)[0]
+        return nodes.VAEDecode().decode(vae, out)[0]
+
+
+def encode(clip, text: str):
+    """Stock CLIPTextEncode."""
+    import nodes
+    with torch.inference_mode():
+        return nodes.CLIPTextEncode().encode(clip, text)[0]

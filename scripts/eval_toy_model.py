@@ -22,18 +22,6 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 
-def sample(model, clip, vae, text: str, seed: int, batch: int, steps: int, cfg: float,
-           sampler: str = "euler", scheduler: str = "normal") -> np.ndarray:
-    """`batch` images for one prompt through the stock nodes, as executed by ComfyUI."""
-    import nodes
-    with torch.inference_mode():
-        pos = nodes.CLIPTextEncode().encode(clip, text)[0]
-        neg = nodes.CLIPTextEncode().encode(clip, "")[0]
-        latent = nodes.EmptyLatentImage().generate(256, 256, batch)[0]
-        out = nodes.KSampler().sample(model, seed, steps, cfg, sampler, scheduler, pos, neg, latent)[0]
-        return nodes.VAEDecode().decode(vae, out)[0].cpu().numpy()
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", default=str(REPO / "models" / "toyworld.safetensors"))
@@ -55,7 +43,8 @@ def main(argv=None):
     prompts = evaluate.held_out_prompts()
     images, judged = [], []
     for i, prompt in enumerate(prompts):
-        imgs = sample(model, clip, vae, prompt.text(prompt.relation), args.seed + i, args.per_prompt, args.steps, args.cfg)
+        imgs = toy_model.sample(model, clip, vae, toy_model.encode(clip, prompt.text(prompt.relation)),
+                                args.seed + i, args.per_prompt, args.steps, args.cfg).cpu().numpy()
         images += list(imgs)
         judged += [prompt] * len(imgs)
     report = evaluate.score(images, judged)

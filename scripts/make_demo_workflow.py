@@ -29,14 +29,6 @@ TRAIN = {"steps": 300, "batch_size": 8, "grad_accum": 1, "learning_rate": 2.5e-4
 SAMPLE = {"steps": 20, "cfg": 4.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}
 
 
-def demo_prompts(relation: str, exemplar_count: int, exemplar_seed: int, n: int) -> list[evaluate.Prompt]:
-    """New object pairs: held out of the toy model's training for this relation and not
-    among the exemplars."""
-    used = {tuple(name.split(" / ")) for name in toyworld.exemplars(relation, exemplar_count, exemplar_seed).names}
-    fresh = [p for p in evaluate.held_out_prompts([relation], seed=1) if (p.a, p.b) not in used]
-    return fresh[:n]
-
-
 def build(relation="inside", prompts=6, images_per_prompt=4, exemplar_count=8, exemplar_seed=0,
           name=None, train=None) -> dict:
     train = {**TRAIN, **(train or {})}
@@ -54,7 +46,8 @@ def build(relation="inside", prompts=6, images_per_prompt=4, exemplar_count=8, e
         "7": {"class_type": "EmptyLatentImage", "inputs": {"width": 256, "height": 256, "batch_size": images_per_prompt}},
     }
     next_id = 8
-    for i, p in enumerate(demo_prompts(relation, exemplar_count, exemplar_seed, prompts)):
+    names = toyworld.exemplars(relation, exemplar_count, exemplar_seed).names
+    for i, p in enumerate(evaluate.new_pair_prompts(relation, names, prompts)):
         for cond in CONDITIONS:
             enc, ks, dec, save = (str(next_id + k) for k in range(4))
             next_id += 4

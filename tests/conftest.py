@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 def host(tmp_path_factory):
     """The host, with input/output/temp/embeddings folders in a temp dir and the pack loaded."""
     from reversion_comfy import standalone
-    host_path = standalone.import_comfy("cpu")
+    host_path = standalone.import_comfy(os.environ.get("REVERSION_TEST_DEVICE", "cpu"))
     import folder_paths
     import nodes
     root = tmp_path_factory.mktemp("comfy")

@@ -32,6 +32,16 @@ def held_out_prompts(relations=scenes.RELATIONS, per_relation: int | None = None
     return out
 
 
+def new_pair_prompts(relation: str, exemplar_names: list[str], n: int, seed: int = 1) -> list[Prompt]:
+    """Prompts for `relation` on object pairs the toy model never saw with it in training
+    and that are not among the exemplars ("blue circle / red square" names)."""
+    used = {tuple(name.split(" / ")) for name in exemplar_names}
+    fresh = [p for p in held_out_prompts([relation], seed=seed) if (p.a, p.b) not in used]
+    if len(fresh) < n:
+        raise ValueError(f"only {len(fresh)} new object pairs for {relation!r}, asked for {n}")
+    return fresh[:n]
+
+
 def score(images, prompts: list[Prompt]) -> dict:
     """images[i] (HxWx3 in [0, 1]) was generated for prompts[i]."""
     if len(images) != len(prompts):
