@@ -3,7 +3,8 @@ PYTHON ?= python3.11
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install --quiet --constraint constraints.txt
-HOSTS  := .hosts/comfyui-new .hosts/comfyui-old
+# Test hosts: the two bundled ComfyUI copies, or your own checkout via COMFYUI_PATH.
+HOSTS  := $(or $(COMFYUI_PATH),.hosts/comfyui-new .hosts/comfyui-old)
 
 .PHONY: setup test test-new test-old demo toy-model toy-gate bench clean
 
@@ -20,7 +21,7 @@ $(VENV)/.ready: requirements.txt requirements-host.txt requirements-dev.txt cons
 	$(PY) scripts/install_hosts.py
 	touch $@
 
-# The whole suite once per host: ComfyUI 0.3.75, then ComfyUI 2024-03.
+# The whole suite once per host: ComfyUI 0.3.75, then ComfyUI 2024-03 (or COMFYUI_PATH).
 test: setup
 	@set -e; start=$$(date +%s); \
 	for host in $(HOSTS); do \

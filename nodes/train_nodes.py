@@ -63,7 +63,8 @@ class TrainRelation:
             result.vectors, name=relation_file.check_name(name), init_word=config.init_word,
             steps=result.steps_done, hyperparameters=config.as_dict(),
             final_losses={**result.final_losses(), "seconds": round(result.seconds, 1),
-                          "exemplars": len(exemplars)})
+                          "exemplars": len(exemplars)},
+            nearest_words=adapter.nearest_words(clip, result.vectors))
         relation_file.save(relation, path, overwrite=overwrite)
         curve = torch.from_numpy(plot.loss_curve(result.history)).float().div(255).unsqueeze(0)
         return (relation, curve)

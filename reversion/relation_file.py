@@ -5,7 +5,7 @@ Layout (safetensors):
   every host version reads whatever the encoder's own embedding key is;
 - SDXL: `clip_l` [1, 768] and `clip_g` [1, 1280];
 - metadata (strings): placeholder, init word, model family and encoder widths, steps,
-  hyperparameters, final losses, pack version.
+  hyperparameters, final losses, the vocabulary words nearest to the vector, pack version.
 
 Also reads the official ReVersion `learned_embeds.bin` (`{"<R>": tensor[768]}`) and A1111
 `.pt` embeddings, with `torch.load(weights_only=True)`: plain tensors only, no arbitrary
@@ -56,6 +56,7 @@ class Relation:
     steps: int = 0
     hyperparameters: dict = field(default_factory=dict)
     final_losses: dict = field(default_factory=dict)
+    nearest_words: dict = field(default_factory=dict)   # encoder key -> closest vocabulary words
     pack_version: str = PACK_VERSION
 
     def __post_init__(self):
@@ -111,6 +112,7 @@ def save(relation: Relation, path: str | Path, overwrite: bool = False) -> Path:
         META + "steps": str(relation.steps),
         META + "hyperparameters": json.dumps(relation.hyperparameters),
         META + "final_losses": json.dumps(relation.final_losses),
+        META + "nearest_words": json.dumps(relation.nearest_words),
         META + "pack_version": relation.pack_version,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -162,6 +164,7 @@ def _load_safetensors(path: Path) -> Relation:
                     init_word=get("init_word"), steps=int(get("steps", "0") or 0),
                     hyperparameters=json.loads(get("hyperparameters", "{}")),
                     final_losses=json.loads(get("final_losses", "{}")),
+                    nearest_words=json.loads(get("nearest_words", "{}")),
                     pack_version=get("pack_version", "unknown"))
 
 

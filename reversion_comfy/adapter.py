@@ -209,6 +209,24 @@ class TextEncoder:
         return ids[0]
 
 
+def nearest_words(clip, vectors: dict[str, torch.Tensor], k: int = 5) -> dict[str, list[str]]:
+    """Per encoder, the `k` whole-word tokens whose input embeddings are closest (cosine) to
+    the vector: ReVersion's steering loss pulls <R> toward the basis prepositions."""
+    out = {}
+    for e in text_encoders(clip):
+        table = torch.nn.functional.normalize(e.table.detach().float().cpu(), dim=-1)
+        sims = table @ torch.nn.functional.normalize(vectors[e.key].float().cpu(), dim=0)
+        words = []
+        for i in sims.argsort(descending=True).tolist():
+            token = e.tokenizer.inv_vocab.get(i, "")
+            if token.endswith("</w>") and token[:-4].isalpha() and token[:-4] != STANDIN:
+                words.append(token[:-4])
+            if len(words) == k:
+                break
+        out[e.key] = words
+    return out
+
+
 def text_encoders(clip) -> list[TextEncoder]:
     """The CLIP-L/H/G encoders of a ComfyUI CLIP (SD1: l; SD2: h; SDXL: l + g)."""
     found = []

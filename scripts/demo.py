@@ -95,6 +95,7 @@ def main(argv=None):
             "train_seconds": rel.final_losses.get("seconds"),
             "train_steps": rel.steps,
             "final_losses": {k: rel.final_losses[k] for k in ("loss", "denoise", "steer")},
+            "nearest_words": rel.nearest_words.get("clip_l", []),
             "prompts": sorted({f"{p.a} <R> {p.b}" for _, p in branches.values()}),
             "judge_reads_R": scores["R"]["seen"],
             "wall_seconds": round(time.time() - t0, 1),

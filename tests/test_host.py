@@ -176,6 +176,7 @@ def test_relation_survives_save_and_load_nodes(host, tiny):
     assert torch.equal(loaded.vectors["clip_l"], relation.vectors["clip_l"])
     assert loaded.steps == 2 and loaded.init_word == "and" and loaded.hyperparameters["lr"] == pytest.approx(1e-2)
     assert set(loaded.final_losses) >= {"loss", "denoise", "steer"}
+    assert len(loaded.nearest_words["clip_l"]) == 5 and all(w.isalpha() for w in loaded.nearest_words["clip_l"])
 
 
 def test_official_learned_embeds_bin_works_in_both_routes(host, tiny):

@@ -24,6 +24,23 @@ TRAIN = dict(steps=300, batch_size=8, grad_accum=1, learning_rate=2.5e-4, scale_
 CHANCE = 1 / len(scenes.RELATIONS)
 
 
+def fixed_denoising_loss(model, clip, vae, exemplars, vectors, draws: int = 8) -> float:
+    """Mean denoising loss of `vectors` on the exemplars at fixed timesteps and noise."""
+    import torch
+    from reversion_comfy import adapter
+    g = torch.Generator().manual_seed(0)
+    with adapter.training_mode(), torch.no_grad():
+        backend = adapter.ComfyBackend(model, clip)
+        backend.prepare()
+        latents = adapter.vae_encode(vae, exemplars.images, seed=0)
+        captions = [t[0].replace("{}", backend.placeholder_text) for t in exemplars.templates]
+        losses = []
+        for t in torch.linspace(100, 900, draws).long():
+            noise = torch.randn(latents.shape, generator=g)
+            losses.append(backend.denoising_loss(vectors, latents, captions, t.repeat(len(captions)), noise).item())
+    return sum(losses) / len(losses)
+
+
 @pytest.fixture(scope="module")
 def measured(host, toy):
     from reversion_comfy import toy_model
@@ -33,6 +50,10 @@ def measured(host, toy):
         exemplars = toyworld.exemplars(relation, 8, seed=0)
         rel, _ = run_node(host, "ReVersionTrainRelation", "train", model=model, clip=clip, vae=vae,
                           exemplars=exemplars, name=f"learned_{relation.replace(' ', '_')}", **TRAIN)
+        from reversion_comfy import adapter
+        init = adapter.ComfyBackend(model, clip).initial_vectors("and")
+        results[relation] = {"loss_init": fixed_denoising_loss(model, clip, vae, exemplars, init),
+                             "loss_learned": fixed_denoising_loss(model, clip, vae, exemplars, rel.vectors)}
         prompts = evaluate.new_pair_prompts(relation, exemplars.names, PROMPTS)
         conditions = {
             "R": lambda p: run_node(host, "ReVersionRelationTextEncode", "encode", clip=clip, relation=rel,
@@ -40,7 +61,6 @@ def measured(host, toy):
             "oracle": lambda p: toy_model.encode(clip, p.text(relation)),
             "init": lambda p: toy_model.encode(clip, p.text("and")),
         }
-        results[relation] = {}
         for name, conditioning in conditions.items():
             images, judged = [], []
             for i, p in enumerate(prompts):
@@ -48,7 +68,8 @@ def measured(host, toy):
                 images += list(batch.cpu().numpy())
                 judged += [p] * IMAGES_PER_PROMPT
             results[relation][name] = evaluate.score(images, judged)
-        print(relation, {k: (v["relation_accuracy"], v["entity_accuracy"]) for k, v in results[relation].items()})
+        print(relation, {k: (v["relation_accuracy"], v["entity_accuracy"]) if isinstance(v, dict) else v
+                         for k, v in results[relation].items()})
     return results
 
 
@@ -70,3 +91,11 @@ def test_learned_relation_beats_chance_and_the_init_word(measured, relation):
 def test_learned_relation_keeps_the_objects(measured, relation):
     r = measured[relation]
     assert r["R"]["entity_accuracy"] >= r["oracle"]["entity_accuracy"] - 0.15
+
+
+@pytest.mark.parametrize("relation", RELATIONS)
+def test_denoising_loss_falls_on_the_fixed_exemplar_set(measured, relation):
+    """Same exemplars, timesteps and noise: the learned <R> denoises them better than the
+    init word it started from."""
+    r = measured[relation]
+    assert r["loss_learned"] < 0.97 * r["loss_init"]
