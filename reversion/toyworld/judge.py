@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .scenes import BACKGROUND, COLOURS, RELATIONS, SHAPES, SIZE, shape_mask
+from .scenes import BACKGROUND, COLOURS, RELATIONS, SHAPES, SIZE, shape_mask, touching
 
 MIN_PIXELS = 6            # smaller colour blobs are noise
 MAX_RESIDUAL = 0.35       # how far off a palette colour's line a pixel may be
@@ -166,15 +166,6 @@ def detect(image: np.ndarray) -> list[Detected]:
     return out
 
 
-def _touching(ma: np.ndarray, mb: np.ndarray) -> bool:
-    grown = ma.copy()
-    grown[1:] |= ma[:-1]
-    grown[:-1] |= ma[1:]
-    grown[:, 1:] |= grown[:, :-1].copy()
-    grown[:, :-1] |= grown[:, 1:].copy()
-    return bool((grown & mb).any())
-
-
 def relation(a: Detected, b: Detected) -> str:
     """Relation of `a` to `b`: one of RELATIONS, or "contains" / "supports" (the converses
     of inside / on top of, which no caption asks for)."""
@@ -185,7 +176,7 @@ def relation(a: Detected, b: Detected) -> str:
     (ay, ax), (by, bx) = a.centroid, b.centroid
     dy, dx = by - ay, bx - ax           # > 0: a is above / left of b
     if abs(dy) > abs(dx):
-        if _touching(a.mask, b.mask):
+        if touching(a.mask, b.mask):
             return "on top of" if dy > 0 else "supports"
         return "above" if dy > 0 else "below"
     return "left of" if dx > 0 else "right of"

@@ -153,7 +153,7 @@ def _in_canvas(o: Obj, margin: int = 1) -> bool:
         and o.left + o.size <= SIZE - margin
 
 
-def _touching(ma: np.ndarray, mb: np.ndarray) -> bool:
+def touching(ma: np.ndarray, mb: np.ndarray) -> bool:
     """True when some pixel of `ma` is 8-adjacent to a pixel of `mb`."""
     grown = ma.copy()
     grown[1:] |= ma[:-1]
@@ -228,7 +228,7 @@ def _place(rng: np.random.Generator, relation: str, sa: str, ca: str, sb: str, c
     if relation == UNRELATED:
         a = Obj(sa, ca, r(1, SIZE - 1 - size_a), r(1, SIZE - 1 - size_a), size_a)
         b = Obj(sb, cb, r(1, SIZE - 1 - size_b), r(1, SIZE - 1 - size_b), size_b)
-        if _touching(obj_mask(a), obj_mask(b)):
+        if touching(obj_mask(a), obj_mask(b)):
             return None
         return a, b
     raise ValueError(f"unknown relation {relation!r}; expected one of {RELATIONS} or {UNRELATED!r}")
