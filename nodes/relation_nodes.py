@@ -1,6 +1,8 @@
 """Relation Text Encode, Save Relation, Load Relation."""
 from __future__ import annotations
 
+import os
+
 from reversion import relation_file as rf
 from reversion_comfy import adapter
 
@@ -63,6 +65,12 @@ class LoadRelation:
         files = [f for f in folder_paths.get_filename_list("embeddings")
                  if f.lower().endswith((".safetensors", ".bin", ".pt"))]
         return {"required": {"relation_file": (sorted(files), {"tooltip": "A file in models/embeddings."})}}
+
+    @classmethod
+    def IS_CHANGED(cls, relation_file):
+        import folder_paths
+        path = folder_paths.get_full_path("embeddings", relation_file)
+        return os.path.getmtime(path) if path else float("nan")
 
     def load(self, relation_file):
         import folder_paths

@@ -72,9 +72,13 @@ def test_gradients_through_host_code_match_finite_differences(host, tiny, family
             assert analytic == pytest.approx(numeric, rel=0.01), key
 
         cond, pooled = backend.encode(start, "a cat ohwx a dog")
-        x, sigma, out_weights = torch.randn(1, 4, 8, 8, generator=g), torch.tensor([2.0]), torch.randn(1, 4, 8, 8, generator=g)
+        dev = backend.device
+        x, sigma = torch.randn(1, 4, 8, 8, generator=g).to(dev), torch.tensor([2.0], device=dev)
+        out_weights = torch.randn(1, 4, 8, 8, generator=g).to(dev)
+        pooled = None if pooled is None else pooled.to(dev)
 
         def unet_side(c):
+            c = c.to(dev)
             return (model.model.apply_model(x, sigma, **backend.model_conds(c, pooled, x)) * out_weights).sum()
         analytic, numeric = directional_check(unet_side, cond)
         assert analytic == pytest.approx(numeric, rel=0.01)
