@@ -40,8 +40,21 @@ def inplace_safe():
         yield
 
 
+def _tracks_versions(t: torch.Tensor) -> bool:
+    """False for inference tensors, and for tensors that only look normal: a parameter made
+    in inference mode and later moved by `Module.to()` outside it (ComfyUI loading a model
+    to the GPU) reports is_inference() False but still has no version counter."""
+    if t.is_inference():
+        return False
+    try:
+        t._version
+        return True
+    except RuntimeError:
+        return False
+
+
 def de_inference(module: torch.nn.Module) -> int:
-    """Replace inference-mode parameters/buffers of `module` by normal copies.
+    """Replace parameters/buffers of `module` that autograd cannot use by normal copies.
 
     Same values, same dtype/device, requires_grad False. Must run outside inference mode.
     Returns how many tensors were replaced. The module keeps working for inference, so the
@@ -50,12 +63,12 @@ def de_inference(module: torch.nn.Module) -> int:
     replaced = 0
     for sub in module.modules():
         for name, p in list(sub._parameters.items()):
-            if p is not None and p.is_inference():
-                sub._parameters[name] = torch.nn.Parameter(p.clone(), requires_grad=False)
+            if p is not None and not _tracks_versions(p):
+                sub._parameters[name] = torch.nn.Parameter(p.detach().clone(), requires_grad=False)
                 replaced += 1
         for name, b in list(sub._buffers.items()):
-            if b is not None and b.is_inference():
-                sub._buffers[name] = b.clone()
+            if b is not None and not _tracks_versions(b):
+                sub._buffers[name] = b.detach().clone()
                 replaced += 1
     return replaced
 

@@ -120,6 +120,25 @@ def test_training_leaves_host_weights_bitwise_unchanged_and_sampling_identical(h
     assert torch.equal(sample(), image_before)
 
 
+def test_training_after_the_host_moved_weights_outside_inference_mode(host):
+    """On a GPU, ComfyUI moves weights made in inference mode with `Module.to()` outside
+    it: the parameters then look normal (is_inference() False) but have no version counter,
+    which autograd and views need. Reproduced here without a GPU by re-setting `.data`."""
+    import tiny_models
+    model, clip, vae = tiny_models.build("sd1", embedding_directory=[str(host.embeddings)])
+    for module in (model.model, clip.cond_stage_model):
+        for p in module.parameters():
+            p.data = p.data.clone()                      # what Module.to(device) does
+    table = clip.cond_stage_model.clip_l.transformer.get_input_embeddings().weight
+    assert not table.is_inference()
+    with pytest.raises(RuntimeError, match="version counter"):
+        table._version
+    before = table.detach().clone()
+    relation, _ = run_node(host, "ReVersionTrainRelation", "train", **train_inputs(model, clip, vae, "moved"))
+    assert relation.steps == 2
+    assert torch.equal(clip.cond_stage_model.clip_l.transformer.get_input_embeddings().weight, before)
+
+
 # ---------------------------------------------------------------- noise and targets
 
 @pytest.mark.parametrize("family,v_pred", [("sd1", False), ("sd2v", True)])
