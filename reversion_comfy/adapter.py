@@ -390,7 +390,9 @@ class ComfyBackend:
     def model_conds(self, cond: torch.Tensor, pooled, x: torch.Tensor) -> dict:
         out = self.model.model.extra_conds(cross_attn=cond, pooled_output=pooled, device=x.device, noise=x,
                                            width=x.shape[3] * 8, height=x.shape[2] * 8, prompt_type="positive")
-        return {k: v.cond for k, v in out.items()}
+        # the host builds some conds on the CPU (the 2024 host's SDXL size embedding); the
+        # sampler moves them later, so we move them here
+        return {k: v.cond.to(x.device) if torch.is_tensor(v.cond) else v.cond for k, v in out.items()}
 
     def denoising_loss(self, vectors, latents, captions, timesteps, noise) -> torch.Tensor:
         with inplace_safe():

@@ -136,7 +136,7 @@ def test_training_after_the_host_moved_weights_outside_inference_mode(host):
     before = table.detach().clone()
     relation, _ = run_node(host, "ReVersionTrainRelation", "train", **train_inputs(model, clip, vae, "moved"))
     assert relation.steps == 2
-    assert torch.equal(clip.cond_stage_model.clip_l.transformer.get_input_embeddings().weight, before)
+    assert torch.equal(clip.cond_stage_model.clip_l.transformer.get_input_embeddings().weight.cpu(), before.cpu())
 
 
 # ---------------------------------------------------------------- noise and targets
@@ -169,6 +169,9 @@ def test_sdxl_gets_its_y_through_extra_conds(host, tiny):
         kw = backend.model_conds(torch.cat([cond] * 2), torch.cat([pooled] * 2), torch.zeros(2, 4, 8, 8))
     assert kw["c_crossattn"].shape == (2, 77, 2048)
     assert kw["y"].shape == (2, 2816)
+    # every cond lands on the latent's device (a GPU in practice; "meta" stands in for it here)
+    on_meta = backend.model_conds(torch.cat([cond] * 2), torch.cat([pooled] * 2), torch.zeros(2, 4, 8, 8, device="meta"))
+    assert {k: v.device.type for k, v in on_meta.items()} == {"c_crossattn": "meta", "y": "meta"}
 
 
 # ------------------------------------------------------------------ text injection
