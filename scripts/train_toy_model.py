@@ -9,8 +9,8 @@ script continues from it when run again. At the end the EMA weights are written 
 
 Recipe: v-prediction on SD's discrete schedule, plain v-MSE, timesteps drawn with
 ReVersion's relation-focal sampling (alpha 0.5: high-noise steps, which set the layout,
-twice as likely as low-noise ones; with uniform steps two CPU runs learned colours but
-collapsed "above"/"below" to one meaning), AdamW
+more likely than low-noise ones), token and position embeddings initialised N(0, 1) (see
+below), AdamW
 lr 1e-3 with 200 warm-up steps, grad clip 1, EMA 0.999, batch 32, 10% empty captions
 (for classifier-free guidance). Only token-table rows of words that occur in captions are
 trained (a compact table, scattered back into the full 49408-row table at export), which
@@ -105,6 +105,15 @@ def main(argv=None):
     target = toy_model.clip_target()
     text_encoder = target.clip(device="cpu", dtype=torch.float32).clip_l   # an SDClipModel
     toy_model.init_weights(text_encoder, seed=args.seed + 1)
+    # Token and position tables at torch's default N(0, 1), not CLIP's N(0, 0.02): Adam moves
+    # every row ~lr per coordinate per step, mostly in a direction shared by words used
+    # alike, which erased the difference between tiny rows ("red"/"green", "above"/"below"
+    # collapsed to one meaning in earlier runs).
+    with torch.no_grad():
+        embeddings = text_encoder.transformer.text_model.embeddings
+        g = torch.Generator().manual_seed(args.seed + 2)
+        embeddings.token_embedding.weight.normal_(0, 1, generator=g)
+        embeddings.position_embedding.weight.normal_(0, 1, generator=g)
     tokenizer = target.tokenizer().clip_l                                   # an SDTokenizer
 
     # every caption the world can produce, tokenised once with the stock tokenizer
