@@ -26,6 +26,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", default=str(REPO / "models" / "toyworld.safetensors"))
     p.add_argument("--per-prompt", type=int, default=2, help="images per held-out prompt")
+    p.add_argument("--per-relation", type=int, default=None,
+                   help="only this many held-out prompts per relation (a quick look; the gate uses all)")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--cfg", type=float, default=4.0)
     p.add_argument("--seed", type=int, default=0)
@@ -40,7 +42,7 @@ def main(argv=None):
 
     t0 = time.time()
     model, clip, vae = toy_model.load(args.weights)
-    prompts = evaluate.held_out_prompts()
+    prompts = evaluate.held_out_prompts(per_relation=args.per_relation)
     images, judged = [], []
     for i, prompt in enumerate(prompts):
         imgs = toy_model.sample(model, clip, vae, toy_model.encode(clip, prompt.text(prompt.relation)),

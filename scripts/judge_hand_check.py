@@ -24,6 +24,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=60)
     p.add_argument("--seed", type=int, default=11)
+    p.add_argument("--weights", default=None, help="toy model weights (default: the committed ones)")
     p.add_argument("--out", default=str(REPO / "runs" / "hand_check"))
     args = p.parse_args()
     from reversion_comfy import standalone
@@ -32,7 +33,7 @@ def main():
     from reversion.toyworld import evaluate, judge
     from reversion_comfy import toy_model
 
-    model, clip, vae = toy_model.load()
+    model, clip, vae = toy_model.load(*([args.weights] if args.weights else []))
     rng = np.random.default_rng(args.seed)
     prompts = evaluate.held_out_prompts()
     picked = [prompts[i] for i in rng.permutation(len(prompts))[: args.n]]

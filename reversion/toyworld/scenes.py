@@ -146,6 +146,28 @@ def upscale(img: np.ndarray, factor: int = DISPLAY_SCALE) -> np.ndarray:
     return np.repeat(np.repeat(img, factor, axis=0), factor, axis=1)
 
 
+def degrade(img: np.ndarray, rng: np.random.Generator, noise: float = 0.0, blur: int = 0,
+            tint=(0.0, 0.0, 0.0)) -> np.ndarray:
+    """A rendered scene made to look like a small diffusion model's output: upscaled, soft
+    edges (box blur of `blur` px), a tinted background and Gaussian noise. For judge checks."""
+    big = upscale(img).astype(np.float32)
+    if blur:
+        k = 2 * blur + 1
+        pad = np.pad(big, ((blur, blur), (blur, blur), (0, 0)), mode="edge")
+        big = sum(pad[dy:dy + big.shape[0], dx:dx + big.shape[1]] for dy in range(k) for dx in range(k)) / k ** 2
+    big = big + np.asarray(tint, np.float32) + rng.normal(0, noise, big.shape).astype(np.float32)
+    return np.clip(big, 0, 1)
+
+
+# The degradations the judge must survive (tests/test_toyworld_judge.py, bench/bench_judge.py)
+DEGRADATIONS = {
+    "noise": {"noise": 0.08},
+    "soft edges": {"blur": 6},
+    "tinted background": {"tint": (0.06, -0.04, 0.07)},
+    "all three": {"noise": 0.05, "blur": 4, "tint": (-0.05, 0.03, 0.05)},
+}
+
+
 # -------------------------------------------------------------------------- placement
 
 def _in_canvas(o: Obj, margin: int = 1) -> bool:
