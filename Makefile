@@ -40,7 +40,7 @@ test-old: setup
 demo: setup
 	$(PY) scripts/demo.py
 
-# Re-train the committed toy-world model from scratch (resumable; ~1 h on 2 CPU cores)
+# Re-train the committed toy-world model from scratch (resumable; ~80 min on 2 CPU cores)
 toy-model: setup
 	$(PY) scripts/train_toy_model.py
 

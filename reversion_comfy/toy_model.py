@@ -29,9 +29,9 @@ TEXT_WIDTH = 128
 
 UNET_CONFIG = {
     "use_checkpoint": False, "image_size": LATENT_SIZE, "in_channels": 4, "out_channels": 4,
-    "model_channels": 32, "channel_mult": [1, 2, 2, 2], "num_res_blocks": [2, 2, 2, 2],
+    "model_channels": 32, "channel_mult": [1, 2, 2, 2], "num_res_blocks": [1, 1, 1, 1],
     # attention only at the two lowest resolutions (8x8, 4x4) and in the middle
-    "transformer_depth": [0, 0, 0, 0, 1, 1, 1, 1], "transformer_depth_output": [0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1],
+    "transformer_depth": [0, 0, 1, 1], "transformer_depth_output": [0, 0, 0, 0, 1, 1, 1, 1],
     "transformer_depth_middle": 1, "context_dim": TEXT_WIDTH, "num_heads": -1, "num_head_channels": 32,
     "use_spatial_transformer": True, "use_linear_in_transformer": True, "legacy": False,
     "adm_in_channels": None, "use_temporal_attention": False, "use_temporal_resblock": False,

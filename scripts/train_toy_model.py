@@ -7,13 +7,12 @@ script continues from it when run again. At the end the EMA weights are written 
 --out, the file the Toy World Model node loads. Defaults are the committed model's recipe
 (see BENCHMARKS.md for its time and quality).
 
-Recipe: v-prediction on SD's discrete schedule, plain v-MSE, timesteps drawn with
-ReVersion's relation-focal sampling (alpha 0.5: high-noise steps, which set the layout,
-more likely than low-noise ones), token and position embeddings initialised N(0, 1) (see
-below), AdamW
-lr 1e-3 with 200 warm-up steps, grad clip 1, EMA 0.999, batch 32, 10% empty captions
-(for classifier-free guidance). Only token-table rows of words that occur in captions are
-trained (a compact table, scattered back into the full 49408-row table at export), which
+Recipe: v-prediction on SD's discrete schedule, v-MSE with the x0-equivalent weight
+1 + SNR capped at 6 (min-SNR), uniform timesteps, token and position embeddings
+initialised N(0, 1) (see below), AdamW lr 1e-3 with 200 warm-up steps, grad clip 1,
+EMA 0.999, batch 32, 10% empty captions (for classifier-free guidance). Only token-table
+rows of words that occur in captions are trained (a compact table, scattered back into
+the full 49408-row table at export), which
 keeps the optimizer cheap.
 """
 from __future__ import annotations
@@ -35,14 +34,16 @@ sys.path.insert(0, str(REPO))
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=7000)
+    p.add_argument("--steps", type=int, default=6000)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--empty-caption", type=float, default=0.1, help="fraction of empty captions (for CFG)")
-    p.add_argument("--focal-alpha", type=float, default=0.5,
+    p.add_argument("--snr-cap", type=float, default=6.0,
+                   help="cap of the x0-equivalent loss weight 1+SNR (0: plain v-MSE)")
+    p.add_argument("--focal-alpha", type=float, default=0.0,
                    help="relation-focal timestep sampling (0 = uniform): more high-noise steps, where layout is decided")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
@@ -200,7 +201,13 @@ def main(argv=None):
             cond = text_encoder.transformer(ids)[0]
             denoised = base.apply_model(x, sigma, c_crossattn=cond)
         pred, tgt = adapter.prediction_and_target(ms, x, x0, noise, sigma, denoised)
-        loss = torch.nn.functional.mse_loss(pred.float(), tgt.float())
+        # v-MSE equals (1 + SNR) x the x0-MSE; capping that x0 weight at `snr_cap` keeps the
+        # easy low-noise steps from dominating (min-SNR weighting, Hang et al. 2023)
+        per_item = (pred.float() - tgt.float()).pow(2).flatten(1).mean(1)
+        if args.snr_cap:
+            one_plus_snr = 1 + 1 / sigma.float() ** 2
+            per_item = per_item * one_plus_snr.clamp(max=args.snr_cap) / one_plus_snr
+        loss = per_item.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
