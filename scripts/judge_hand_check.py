@@ -4,8 +4,14 @@
 
 Samples `n` images from the toy model (stock KSampler) for random held-out prompts, then
 writes runs/hand_check/sheet.png (numbered tiles) and runs/hand_check/judge.csv (what the
-judge read per tile). Reading the sheet and writing down each tile's objects and relation
-gives bench/judge_hand_check.csv, whose agreement BENCHMARKS.md reports.
+judge read per tile). Write down what you see on each tile, one line per tile as
+`index|what you see` in the judge's words ("red circle above blue square", "blue triangle
+supports red circle", "green circle" when only one object shows), then
+
+    python scripts/judge_hand_check.py --hand labels.txt
+
+re-samples the same images (same seed), judges them and writes bench/judge_hand_check.csv
+(index, prompt, judge, hand), whose agreement bench/bench_judge.py prints.
 """
 from __future__ import annotations
 
@@ -24,6 +30,9 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=60)
     p.add_argument("--seed", type=int, default=11)
+    p.add_argument("--hand", default=None, help="your reading of the sheet: lines `index|what you see`")
+    p.add_argument("--csv", default=str(REPO / "bench" / "judge_hand_check.csv"),
+                   help="with --hand: where to write the joined table")
     p.add_argument("--weights", default=None, help="toy model weights (default: the committed ones)")
     p.add_argument("--out", default=str(REPO / "runs" / "hand_check"))
     args = p.parse_args()
@@ -42,19 +51,29 @@ def main():
     cell, cols = 128, 10
     sheet = Image.new("RGB", (cols * cell, -(-len(picked) // cols) * (cell + 14)), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
-    with open(out / "judge.csv", "w", newline="") as f:
+    hand = {}
+    if args.hand:
+        for line in Path(args.hand).read_text().splitlines():
+            if line.strip():
+                index, seen = line.split("|", 1)
+                hand[int(index)] = seen.strip()
+        missing = sorted(set(range(len(picked))) - set(hand))
+        if missing:
+            raise SystemExit(f"{args.hand} has no reading for tiles {missing}")
+    table = Path(args.csv) if args.hand else out / "judge.csv"
+    with open(table, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["index", "prompt", "judge"])
+        writer.writerow(["index", "prompt", "judge"] + (["hand"] if hand else []))
         for i, prompt in enumerate(picked):
             img = toy_model.sample(model, clip, vae, toy_model.encode(clip, prompt.text(prompt.relation)),
                                    seed=int(rng.integers(1 << 30)), batch=1)[0].cpu().numpy()
             seen = judge.judge(img, prompt.a, prompt.relation, prompt.b).seen
-            writer.writerow([i, prompt.text(prompt.relation), seen])
+            writer.writerow([i, prompt.text(prompt.relation), seen] + ([hand[i]] if hand else []))
             x, y = (i % cols) * cell, (i // cols) * (cell + 14)
             sheet.paste(Image.fromarray((img * 255).round().astype(np.uint8)).resize((cell, cell)), (x, y + 14))
             draw.text((x + 2, y), str(i), fill=(0, 0, 0))
     sheet.save(out / "sheet.png")
-    print(f"wrote {out / 'sheet.png'} and {out / 'judge.csv'}")
+    print(f"wrote {out / 'sheet.png'} and {table}")
 
 
 if __name__ == "__main__":

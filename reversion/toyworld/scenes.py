@@ -111,18 +111,20 @@ def training_pairs(relation: str) -> tuple[tuple[str, str], ...]:
 
 # ---------------------------------------------------------------------------- drawing
 
-def shape_mask(shape: str, top: int, left: int, size: int, canvas: int = SIZE) -> np.ndarray:
-    """Boolean mask of one shape whose bounding box is `size` pixels square."""
+def shape_mask(shape: str, top: int, left: int, size: int, canvas: int = SIZE, width: int | None = None) -> np.ndarray:
+    """Boolean mask of one shape whose bounding box is `size` pixels square (or `size` high
+    and `width` wide: the judge fits stretched shapes to what a generator drew)."""
+    height, width = size, size if width is None else width
     ys = np.arange(canvas)[:, None] + 0.5
     xs = np.arange(canvas)[None, :] + 0.5
-    cy, cx = top + size / 2, left + size / 2
+    cy, cx = top + height / 2, left + width / 2
     if shape == "square":
-        m = (ys >= top) & (ys < top + size) & (xs >= left) & (xs < left + size)
+        m = (ys >= top) & (ys < top + height) & (xs >= left) & (xs < left + width)
     elif shape == "circle":
-        m = (ys - cy) ** 2 + (xs - cx) ** 2 <= (size / 2) ** 2
+        m = ((ys - cy) / (height / 2)) ** 2 + ((xs - cx) / (width / 2)) ** 2 <= 1
     elif shape == "triangle":   # apex up, base at the bottom
-        rel = (ys - top) / size
-        m = (rel >= 0) & (rel < 1) & (np.abs(xs - cx) <= rel * size / 2 + 0.25)
+        rel = (ys - top) / height
+        m = (rel >= 0) & (rel < 1) & (np.abs(xs - cx) <= rel * width / 2 + 0.25)
     else:
         raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
     return np.broadcast_to(m, (canvas, canvas)).copy()
