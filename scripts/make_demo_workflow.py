@@ -1,6 +1,6 @@
 """Write workflows/toyworld_demo.json: the demo graph, in ComfyUI's API format.
 
-    python scripts/make_demo_workflow.py [--relation inside]
+    python scripts/make_demo_workflow.py [--relation above]
 
 Toy World Model + Toy World Exemplars -> Train Relation -> for each of a few new object
 pairs (never shown with this relation, not in the exemplars), three branches with the same
@@ -23,13 +23,13 @@ from reversion.toyworld import evaluate, scenes  # noqa: E402
 
 CONDITIONS = ("R", "word", "init")      # <R>, the true relation word (oracle), the init word
 PREFIX = "reversion_demo"
-TRAIN = {"steps": 300, "batch_size": 8, "grad_accum": 1, "learning_rate": 2.5e-4, "scale_lr": True,
+TRAIN = {"steps": 300, "batch_size": 8, "grad_accum": 1, "learning_rate": 6.25e-4, "scale_lr": True,
          "weight_decay": 0.01, "steering_weight": 0.01, "num_positives": 4, "temperature": 0.07,
          "focal_alpha": 0.5, "init_word": "and", "seed": 2023}
 SAMPLE = {"steps": 20, "cfg": 4.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}
 
 
-def build(relation="inside", prompts=6, images_per_prompt=4, exemplar_count=8, exemplar_seed=0,
+def build(relation="above", prompts=6, images_per_prompt=4, exemplar_count=8, exemplar_seed=0,
           name=None, train=None) -> dict:
     train = {**TRAIN, **(train or {})}
     name = name or f"toy_{relation.replace(' ', '_')}"
@@ -88,7 +88,7 @@ def _objects(text: str) -> tuple[str, str]:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--relation", default="inside", choices=scenes.RELATIONS)
+    p.add_argument("--relation", default="above", choices=scenes.RELATIONS)
     p.add_argument("--out", default=str(REPO / "workflows" / "toyworld_demo.json"))
     args = p.parse_args()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
