@@ -15,17 +15,10 @@ import csv
 import sys
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from reversion.toyworld import judge, scenes  # noqa: E402
-
-
-def judged_right(image, scene) -> bool:
-    v = judge.judge(image, scene.a.name, scene.relation, scene.b.name)
-    return v.relation_ok and v.entities_ok
+from reversion.toyworld import evaluate, scenes  # noqa: E402
 
 
 def main():
@@ -33,20 +26,10 @@ def main():
     p.add_argument("--hand-check", default=str(REPO / "bench" / "judge_hand_check.csv"))
     args = p.parse_args()
 
-    rng = np.random.default_rng(2024)
-    ok = 0
-    for i in range(1000):
-        scene = scenes.make_scene(rng, scenes.RELATIONS[i % len(scenes.RELATIONS)])
-        img = scenes.render(scene)
-        ok += judged_right(img if i % 2 else scenes.upscale(img), scene)
-    print(f"rendered scenes: {ok}/1000 judged exactly right")
-
+    misses = evaluate.judge_misses(1000, seed=2024)
+    print(f"rendered scenes: {1000 - len(misses)}/1000 judged exactly right {misses or ''}")
     for kind, kwargs in scenes.DEGRADATIONS.items():
-        rng = np.random.default_rng(7)
-        ok = 0
-        for i in range(240):
-            scene = scenes.make_scene(rng, scenes.RELATIONS[i % len(scenes.RELATIONS)])
-            ok += judged_right(scenes.degrade(scenes.render(scene), rng, **kwargs), scene)
+        ok = 240 - len(evaluate.judge_misses(240, seed=7, degradation=kwargs))
         print(f"{kind}: {ok}/240 ({ok / 240:.1%})")
 
     path = Path(args.hand_check)

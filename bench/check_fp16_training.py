@@ -31,17 +31,9 @@ def main():
     from reversion.trainer import TrainConfig
     from reversion_comfy import adapter
 
-    real = tiny_models._config
-
-    def fp16_config(family):
-        config = real(family)
-        config.set_inference_dtype = lambda dtype, manual: type(config).set_inference_dtype(config, torch.float16, manual)
-        return config
-
-    tiny_models._config = fp16_config
     for family in ("sd1", "sdxl"):
         with torch.inference_mode():
-            model, clip, vae = tiny_models.build(family)
+            model, clip, vae = tiny_models.build(family, unet_dtype=torch.float16)
             exemplars = ex.Exemplars(torch.rand(2, 64, 64, 3), [["a cat {} a dog"]] * 2)
             start = adapter.ComfyBackend(model, clip).initial_vectors("and")
             result = adapter.train_relation(model, clip, vae, exemplars,

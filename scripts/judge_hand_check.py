@@ -33,7 +33,7 @@ def main():
     p.add_argument("--hand", default=None, help="your reading of the sheet: lines `index|what you see`")
     p.add_argument("--csv", default=str(REPO / "bench" / "judge_hand_check.csv"),
                    help="with --hand: where to write the joined table")
-    p.add_argument("--weights", default=None, help="toy model weights (default: the committed ones)")
+    p.add_argument("--weights", default=str(REPO / "models" / "toyworld.safetensors"), help="toy model weights")
     p.add_argument("--out", default=str(REPO / "runs" / "hand_check"))
     args = p.parse_args()
     from reversion_comfy import standalone
@@ -42,7 +42,7 @@ def main():
     from reversion.toyworld import evaluate, judge
     from reversion_comfy import toy_model
 
-    model, clip, vae = toy_model.load(*([args.weights] if args.weights else []))
+    model, clip, vae = toy_model.load(args.weights)
     rng = np.random.default_rng(args.seed)
     prompts = evaluate.held_out_prompts()
     picked = [prompts[i] for i in rng.permutation(len(prompts))[: args.n]]

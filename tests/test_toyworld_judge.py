@@ -9,29 +9,14 @@ from reversion.toyworld import evaluate, judge, scenes
 
 
 def test_judge_is_exact_on_1000_random_rendered_scenes():
-    rng = np.random.default_rng(2024)
-    wrong = []
-    for i in range(1000):
-        relation = scenes.RELATIONS[i % len(scenes.RELATIONS)]
-        scene = scenes.make_scene(rng, relation)
-        image = scenes.render(scene) if i % 2 else scenes.upscale(scenes.render(scene))
-        v = judge.judge(image, scene.a.name, relation, scene.b.name)
-        if not (v.relation_ok and v.entities_ok):
-            wrong.append((scene.caption(), v.seen))
-    assert wrong == []
+    assert evaluate.judge_misses(1000, seed=2024) == []
 
 
 @pytest.mark.parametrize("kind,kwargs", scenes.DEGRADATIONS.items())
 def test_judge_is_robust_to_what_generators_draw(kind, kwargs):
-    rng = np.random.default_rng(7)
-    ok = 0
     n = 240
-    for i in range(n):
-        relation = scenes.RELATIONS[i % len(scenes.RELATIONS)]
-        scene = scenes.make_scene(rng, relation)
-        v = judge.judge(scenes.degrade(scenes.render(scene), rng, **kwargs), scene.a.name, relation, scene.b.name)
-        ok += v.relation_ok and v.entities_ok
-    assert ok / n >= 0.95, f"{kind}: {ok}/{n}"
+    misses = evaluate.judge_misses(n, seed=7, degradation=kwargs)
+    assert (n - len(misses)) / n >= 0.95, f"{kind}: {misses}"
 
 
 def test_judge_reports_wrong_relations_and_wrong_objects():

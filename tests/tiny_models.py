@@ -92,8 +92,9 @@ def _vae():
     return comfy.sd.VAE(**accepted(comfy.sd.VAE.__init__, sd=model.state_dict(), config=config, dtype=torch.float32))
 
 
-def build(family: str, embedding_directory=None, seed: int = 0):
-    """(MODEL, CLIP, VAE) of a tiny `family` model: "sd1", "sd2v" or "sdxl"."""
+def build(family: str, embedding_directory=None, seed: int = 0, unet_dtype: torch.dtype = torch.float32):
+    """(MODEL, CLIP, VAE) of a tiny `family` model: "sd1", "sd2v" or "sdxl" (UNet weights
+    in `unet_dtype`: fp16 is how SD checkpoints load on most GPUs)."""
     import comfy.model_management as mm
     import comfy.model_patcher
     import comfy.sd
@@ -101,7 +102,7 @@ def build(family: str, embedding_directory=None, seed: int = 0):
     with torch.inference_mode():
         torch.manual_seed(seed)
         config = _config(family)
-        config.set_inference_dtype(torch.float32, None)
+        config.set_inference_dtype(unet_dtype, None)
         base = config.get_model({}, device="cpu")
         init_weights(base, seed=seed)
         model = comfy.model_patcher.ModelPatcher(base, load_device=mm.get_torch_device(),

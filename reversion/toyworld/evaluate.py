@@ -60,3 +60,23 @@ def score(images, prompts: list[Prompt]) -> dict:
         "per_relation": per_relation,
         "seen": [v.seen for v in verdicts],
     }
+
+
+def judge_misses(n: int, seed: int, degradation: dict | None = None) -> list[tuple[str, str]]:
+    """Judge `n` random rendered scenes (relations in turn) and return (caption, what the
+    judge read) for each it got wrong. Without `degradation`, scenes alternate between
+    32 px and 256 px; with one (a `scenes.DEGRADATIONS` entry), each is `scenes.degrade`d.
+    The judge's test and bench/bench_judge.py both measure it this way."""
+    rng = np.random.default_rng(seed)
+    misses = []
+    for i in range(n):
+        scene = scenes.make_scene(rng, scenes.RELATIONS[i % len(scenes.RELATIONS)])
+        image = scenes.render(scene)
+        if degradation is not None:
+            image = scenes.degrade(image, rng, **degradation)
+        elif i % 2 == 0:
+            image = scenes.upscale(image)
+        v = judge.judge(image, scene.a.name, scene.relation, scene.b.name)
+        if not (v.relation_ok and v.entities_ok):
+            misses.append((scene.caption(), v.seen))
+    return misses
