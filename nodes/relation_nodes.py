@@ -6,6 +6,8 @@ import os
 from reversion import relation_file as rf
 from reversion_comfy import adapter
 
+from . import written_files
+
 CATEGORY = "ReVersion"
 
 
@@ -41,13 +43,32 @@ class SaveRelation:
     def INPUT_TYPES(cls):
         return {"required": {
             "relation": ("RELATION", {"tooltip": "The relation to save."}),
-            "name": ("STRING", {"default": "relation", "tooltip": "File name (no folders)."}),
+            "name": ("STRING", {"default": "relation", "tooltip": "File name in models/embeddings: " + rf.NAME_RULE + "."}),
             "overwrite": ("BOOLEAN", {"default": False, "tooltip": "Replace an existing file of this name."}),
         }}
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, name, overwrite):
+        """At queue time: a taken name fails before the upstream training runs, not after it."""
+        try:
+            return written_files.conflict(rf.path_in(adapter.embeddings_directory(), name), overwrite,
+                                          allow_ours=True) or True
+        except ValueError as e:
+            return str(e)
+
+    @classmethod
+    def IS_CHANGED(cls, name, **_):
+        try:
+            return written_files.change_label(rf.path_in(adapter.embeddings_directory(), name))
+        except ValueError:
+            return written_files.INITIAL
+
     def save(self, relation, name, overwrite):
         path = rf.path_in(adapter.embeddings_directory(), name)
-        rf.save(relation, path, overwrite=overwrite)
+        problem = written_files.conflict(path, overwrite)
+        if problem:
+            raise rf.RelationFileError(problem)
+        written_files.save_relation(relation, path, overwrite)
         return {"ui": {"text": [f"saved {path.name}"]}}
 
 

@@ -7,6 +7,8 @@ from reversion import plot, relation_file
 from reversion.trainer import TrainConfig
 from reversion_comfy import adapter
 
+from . import written_files
+
 _DEFAULTS = TrainConfig()
 
 
@@ -31,7 +33,7 @@ class TrainRelation:
             "clip": ("CLIP", {"tooltip": "The text encoder (stays frozen); clip skip is honoured."}),
             "vae": ("VAE", {"tooltip": "Encodes the exemplars once, before training."}),
             "exemplars": ("EXEMPLARS", {"tooltip": "Images sharing one relation, with caption templates."}),
-            "name": ("STRING", {"default": "relation", "tooltip": "File name in models/embeddings (use as embedding:<name>)."}),
+            "name": ("STRING", {"default": "relation", "tooltip": "File name in models/embeddings (use as embedding:<name>): " + relation_file.NAME_RULE + "."}),
             "steps": ("INT", {"default": d.steps, "min": 1, "max": 100000, "tooltip": "Optimizer updates (paper: 3000)."}),
             "batch_size": ("INT", {"default": d.batch_size, "min": 1, "max": 64, "tooltip": "Exemplars per micro-batch (paper: 2)."}),
             "grad_accum": ("INT", {"default": d.grad_accum, "min": 1, "max": 64, "tooltip": "Micro-batches per update (paper: 4)."}),
@@ -47,13 +49,31 @@ class TrainRelation:
             "overwrite": ("BOOLEAN", {"default": False, "tooltip": "Replace an existing relation file of this name."}),
         }}
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, name, overwrite):
+        """At queue time, before any node runs: a bad name or a taken file fails in a second."""
+        try:
+            return written_files.conflict(relation_file.path_in(adapter.embeddings_directory(), name),
+                                          overwrite, allow_ours=True) or True
+        except ValueError as e:
+            return str(e)
+
+    @classmethod
+    def IS_CHANGED(cls, name, **_):
+        """Run again (instead of answering from the cache) if the file the last run wrote was
+        deleted or replaced."""
+        try:
+            return written_files.change_label(relation_file.path_in(adapter.embeddings_directory(), name))
+        except ValueError:
+            return written_files.INITIAL
+
     def train(self, model, clip, vae, exemplars, name, steps, batch_size, grad_accum, learning_rate,
               scale_lr, weight_decay, steering_weight, num_positives, temperature, focal_alpha,
               init_word, seed, overwrite):
         path = relation_file.path_in(adapter.embeddings_directory(), name)
-        if path.exists() and not overwrite:   # fail before training, not after
-            raise relation_file.RelationFileError(
-                f"{path} already exists; choose another name or switch 'overwrite' on")
+        problem = written_files.conflict(path, overwrite)    # fail before training, not after
+        if problem:
+            raise relation_file.RelationFileError(problem)
         config = TrainConfig(steps=steps, batch_size=batch_size, grad_accum=grad_accum, base_lr=learning_rate,
                              scale_lr=scale_lr, weight_decay=weight_decay, steering_weight=steering_weight,
                              num_positives=num_positives, temperature=temperature, focal_alpha=focal_alpha,
@@ -62,12 +82,14 @@ class TrainRelation:
         relation = relation_file.Relation(
             result.vectors, name=relation_file.check_name(name), init_word=config.init_word,
             steps=result.steps_done, hyperparameters=config.as_dict(),
-            final_losses={**result.final_losses(), "seconds": round(result.seconds, 1),
-                          "exemplars": len(exemplars)},
+            # no wall-clock time in the file: same seed and settings, byte-identical file
+            final_losses={**result.final_losses(), "exemplars": len(exemplars)},
             nearest_words=adapter.nearest_words(clip, result.vectors))
-        relation_file.save(relation, path, overwrite=overwrite)
+        written_files.save_relation(relation, path, overwrite)
         curve = torch.from_numpy(plot.loss_curve(result.history)).float().div(255).unsqueeze(0)
-        return (relation, curve)
+        summary = f"{result.steps_done} updates in {result.seconds:.1f} s; wrote {path.name}"
+        return {"ui": {"text": [summary], "train_seconds": [round(result.seconds, 1)]},
+                "result": (relation, curve)}
 
 
 def progress_callback(total: int):

@@ -8,7 +8,10 @@ A template is a coarse description with exactly one `{}` where the relation goes
 - an image batch plus templates (one shared, or one per image).
 
 Images are resized to a square with bicubic filtering, as the paper does (optionally after a
-centre crop), and never flipped: a flip can change the relation ("left of").
+centre crop), and never flipped: a flip can change the relation ("left of"). Before that they
+are put upright by their EXIF orientation (as stock LoadImage does: a phone photo stored
+sideways would otherwise teach "left of" for "above"), 16-bit greyscale is scaled to 8 bits,
+and transparent pixels are composited onto white.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ import torch
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".tif", ".tiff", ".webp")
 TEXT_FILE = "text.json"
 SLOT = "{}"
+MAX_NAMED = 3             # error messages name at most this many files, never a listing
 
 
 class ExemplarError(ValueError):
@@ -52,13 +56,26 @@ class Exemplars:
 
 
 def check_template(template: str, where: str = "template") -> str:
+    """Exactly one `{}`, standing as its own word ("circle{}a" would glue <R> to the words)."""
     count = template.count(SLOT)
     if count != 1:
         problem = "has no" if count == 0 else f"has {count}"
         raise ExemplarError(
             f"{where}: template {template!r} {problem} '{{}}' slot; write exactly one '{{}}' where "
             f"the relation goes, e.g. 'a cat {{}} a dog'")
+    i = template.index(SLOT)
+    before, after = template[i - 1:i], template[i + 2:i + 3]
+    if before.isalnum() or after.isalnum():
+        raise ExemplarError(
+            f"{where}: template {template!r} glues '{{}}' to a word; put spaces around it, "
+            f"e.g. 'a cat {{}} a dog'")
     return template
+
+
+def name_some(names: list[str]) -> str:
+    """'a, b, c and 4 more': enough to find the files, never a directory listing."""
+    shown = ", ".join(names[:MAX_NAMED])
+    return shown + (f" and {len(names) - MAX_NAMED} more" if len(names) > MAX_NAMED else "")
 
 
 def parse_templates(text: str) -> list[str]:
@@ -66,10 +83,28 @@ def parse_templates(text: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
+def to_rgb(image):
+    """Any PIL image -> 8-bit RGB as a person sees it: EXIF orientation applied, 16/32-bit
+    greyscale scaled (Pillow's convert() clips it to white), transparency over white."""
+    from PIL import Image, ImageOps
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        top = 1.0 if image.mode == "F" and values.max() <= 1.0 else (255.0 if values.max() <= 255 else 65535.0)
+        image = Image.fromarray(np.clip(values / top * 255.0, 0, 255).round().astype(np.uint8), "L")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(white, rgba)
+    return image.convert("RGB")
+
+
 def to_square(image, size: int, center_crop: bool = False):
     """PIL image -> size x size RGB, bicubic (aspect ratio not kept unless centre-cropped)."""
     from PIL import Image
-    image = image.convert("RGB")
+    image = to_rgb(image)
     if center_crop:
         w, h = image.size
         side = min(w, h)
@@ -96,8 +131,8 @@ def load_folder(folder: str | Path, size: int = 512, center_crop: bool = False,
     others = [p.name for p in files if p not in images and p.name != TEXT_FILE]
     if others:
         raise ExemplarError(
-            f"{folder} holds files that are not images: {', '.join(others)}; move them out "
-            f"(allowed: {', '.join(IMAGE_EXTENSIONS)} and {TEXT_FILE})")
+            f"{folder} holds {len(others)} file(s) that are not images ({name_some(others)}); move them "
+            f"out (allowed: {', '.join(IMAGE_EXTENSIONS)} and {TEXT_FILE})")
     if not images:
         raise ExemplarError(f"no images in {folder}; add 4-10 exemplar images ({', '.join(IMAGE_EXTENSIONS)})")
 
@@ -122,25 +157,29 @@ def load_folder(folder: str | Path, size: int = 512, center_crop: bool = False,
             with Image.open(p) as im:
                 im.load()
                 pil.append(to_square(im, size, center_crop))
-        except (UnidentifiedImageError, OSError) as e:
-            raise ExemplarError(f"cannot read image {p}: {e}; replace or remove the file") from e
+        except Image.DecompressionBombError as e:
+            raise ExemplarError(
+                f"image {p.name} has more pixels than Pillow's safety limit ({Image.MAX_IMAGE_PIXELS * 2 // 10**6} "
+                f"megapixels, a guard against decompression bombs); downscale it, e.g. to {size} x {size}") from e
+        except (UnidentifiedImageError, OSError, ValueError) as e:
+            raise ExemplarError(f"cannot read image {p.name} ({e}); replace or remove the file") from e
     return Exemplars(_to_tensor(pil), [templates[p.name] for p in images], [p.name for p in images])
 
 
 def _read_text_json(path: Path, image_names: list[str]) -> dict[str, list[str]]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8-sig"))   # tolerate a BOM (Windows editors)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ExemplarError(f"{path} is not valid JSON ({e}); expected {{\"0.jpg\": [\"cat {{}} dog\"]}}") from e
     if not isinstance(data, dict):
         raise ExemplarError(f"{path} must map image file names to template lists, e.g. {{\"0.jpg\": [\"cat {{}} dog\"]}}")
     missing = sorted(set(data) - set(image_names))
     if missing:
-        raise ExemplarError(f"{path} names images that are not in the folder: {', '.join(missing)}; "
-                            f"fix the names or add the images")
+        raise ExemplarError(f"{path} names {len(missing)} image(s) that are not in the folder "
+                            f"({name_some(missing)}); fix the names or add the images")
     unlisted = [n for n in image_names if n not in data]
     if unlisted:
-        raise ExemplarError(f"{path} has no templates for {', '.join(unlisted)}; add them "
+        raise ExemplarError(f"{path} has no templates for {name_some(unlisted)}; add them "
                             f"(\"{unlisted[0]}\": [\"a cat {{}} a dog\"]) or remove the images")
     out = {}
     for name, value in data.items():

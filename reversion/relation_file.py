@@ -25,7 +25,13 @@ PACK_VERSION = "0.1.0"
 PLACEHOLDER = "<R>"
 SINGLE_KEY = "emb_params"
 META = "reversion."
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\- ]{0,99}$")
+# No spaces: stock prompts read `embedding:name` up to the next space. ASCII only, 64 at most.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+NAME_RULE = ("1-64 characters: ASCII letters, digits, '_', '-' or '.', starting with a letter or digit; "
+             "no spaces (a prompt could not say embedding:<name>) and no folders")
+# Token embeddings of real text encoders stay within about +-1 (CLIP-L rows: norm ~0.4); a
+# vector far outside that is a broken file and samples as noise or black, so it is refused.
+MAX_ABS_VALUE = 100.0
 
 # encoder key -> width of the real model families (keys are ComfyUI's file keys)
 FAMILIES = {
@@ -62,7 +68,7 @@ class Relation:
     def __post_init__(self):
         if not self.vectors:
             raise RelationFileError("a relation needs at least one vector")
-        self.vectors = {k: v.detach().float().reshape(-1).cpu().contiguous() for k, v in self.vectors.items()}
+        self.vectors = {k: check_vector(v, f"{self.name} [{k}]") for k, v in self.vectors.items()}
 
     @property
     def widths(self) -> dict[str, int]:
@@ -73,15 +79,38 @@ class Relation:
         return family_name(self.widths)
 
 
+def check_vector(t, where: str) -> torch.Tensor:
+    """One token vector: shape [D] or [1, D], floating point, finite, of sane size -> [D] float32.
+
+    Anything else (several tokens, a [2, 2, 32] block, NaN/Inf, huge values) is refused rather
+    than flattened or passed on to sample black images.
+    """
+    if not isinstance(t, torch.Tensor):
+        raise RelationFileError(f"{where}: expected a tensor, got {type(t).__name__}")
+    if not (t.ndim == 1 or (t.ndim == 2 and t.shape[0] == 1)) or t.shape[-1] < 1:
+        what = f"{t.shape[0]} vectors" if t.ndim == 2 else f"a tensor of shape {list(t.shape)}"
+        raise RelationFileError(f"{where} holds {what}; a relation is one token vector of shape [D] or [1, D]")
+    if not t.is_floating_point():
+        raise RelationFileError(f"{where} holds {t.dtype} values; a token vector is floating point")
+    t = t.detach().float().reshape(-1).cpu().contiguous()
+    if not torch.isfinite(t).all():
+        bad = int((~torch.isfinite(t)).sum())
+        raise RelationFileError(f"{where} holds {bad} NaN/Inf value(s): the file is broken; re-train or "
+                                f"re-download the relation")
+    if t.abs().max() > MAX_ABS_VALUE:
+        raise RelationFileError(f"{where} holds values up to {float(t.abs().max()):.3g} (token embeddings stay "
+                                f"within about +-1; this pack refuses beyond +-{MAX_ABS_VALUE:g}): the file is "
+                                f"broken or not an embedding")
+    return t
+
+
 def check_name(name: str) -> str:
-    """A relation name that stays inside the embeddings folder (no paths, no '..')."""
+    """A relation name that works as `embedding:name` and stays inside the embeddings folder."""
     name = name.strip()
     if name.endswith(".safetensors"):
         name = name[: -len(".safetensors")]
     if not NAME_PATTERN.match(name) or ".." in name:
-        raise RelationFileError(
-            f"invalid relation name {name!r}: use letters, digits, '_', '-', '.' or spaces "
-            f"(no folders, no '..'), e.g. 'painted_on'")
+        raise RelationFileError(f"invalid relation name {name!r}: use {NAME_RULE}, e.g. 'painted_on'")
     return name
 
 
@@ -110,15 +139,24 @@ def save(relation: Relation, path: str | Path, overwrite: bool = False) -> Path:
         META + "encoders": json.dumps(relation.widths),
         META + "family": relation.family,
         META + "steps": str(relation.steps),
-        META + "hyperparameters": json.dumps(relation.hyperparameters),
-        META + "final_losses": json.dumps(relation.final_losses),
-        META + "nearest_words": json.dumps(relation.nearest_words),
+        META + "hyperparameters": json.dumps(relation.hyperparameters, sort_keys=True),
+        META + "final_losses": json.dumps(relation.final_losses, sort_keys=True),
+        META + "nearest_words": json.dumps(relation.nearest_words, sort_keys=True),
         META + "pack_version": relation.pack_version,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
+    # serialised in memory, written by Python: ordinary permissions (umask) and real OSErrors
+    data = safetensors.torch.save({k: v.contiguous() for k, v in tensors.items()}, metadata=meta)
     tmp = path.with_name(f".{path.name}.tmp")
-    safetensors.torch.save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
     return path
 
 
@@ -137,18 +175,33 @@ def load(path: str | Path) -> Relation:
 
 def _load_safetensors(path: Path) -> Relation:
     from safetensors import safe_open
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    for k, t in tensors.items():
-        if t.ndim == 2 and t.shape[0] != 1:
-            raise RelationFileError(f"{path.name}: '{k}' holds {t.shape[0]} vectors; a relation is one token")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:   # safetensors raises its own SafetensorError, OSError, or ValueError
+        raise RelationFileError(
+            f"{path.name} is not a readable safetensors file (corrupt or truncated: {e}); re-save or "
+            f"re-download it") from e
+    tensors = {k: check_vector(t, f"{path.name} '{k}'") for k, t in tensors.items()}
     if META + "encoders" in meta:
-        widths = json.loads(meta[META + "encoders"])
+        widths = _meta_json(path, meta, "encoders", {})
+        if not widths or not all(isinstance(w, int) for w in widths.values()):
+            raise RelationFileError(f"{path.name}: metadata '{META}encoders' should name the text encoders "
+                                    f"(e.g. {{\"clip_l\": 768}}); remove or fix it")
         if SINGLE_KEY in tensors:
             vectors = {next(iter(widths)): tensors[SINGLE_KEY]}
         else:
+            missing = [k for k in widths if k not in tensors]
+            if missing:
+                raise RelationFileError(
+                    f"{path.name}: metadata lists encoder(s) {', '.join(missing)} but the file holds only "
+                    f"{', '.join(tensors) or 'no tensors'}; the file is inconsistent: re-save it")
             vectors = {k: tensors[k] for k in widths}
+        wrong = [k for k, v in vectors.items() if widths.get(k) != v.shape[0]]
+        if wrong:
+            raise RelationFileError(f"{path.name}: metadata widths {widths} do not match the stored vectors "
+                                    f"({', '.join(f'{k} {vectors[k].shape[0]}-d' for k in wrong)}); re-save it")
     elif SINGLE_KEY in tensors:
         t = tensors[SINGLE_KEY]
         vectors = {_single_key(t.shape[-1]): t}
@@ -160,12 +213,32 @@ def _load_safetensors(path: Path) -> Relation:
     else:
         raise RelationFileError(f"{path.name} is not an embedding file (keys: {', '.join(tensors)})")
     get = lambda k, d="": meta.get(META + k, d)  # noqa: E731
+    steps = get("steps", "0") or "0"
+    if not steps.isdigit():
+        raise RelationFileError(f"{path.name}: metadata '{META}steps' is {steps!r}, not a whole number; "
+                                f"fix or remove it")
     return Relation(vectors, name=get("name", path.stem), placeholder=get("placeholder", PLACEHOLDER),
-                    init_word=get("init_word"), steps=int(get("steps", "0") or 0),
-                    hyperparameters=json.loads(get("hyperparameters", "{}")),
-                    final_losses=json.loads(get("final_losses", "{}")),
-                    nearest_words=json.loads(get("nearest_words", "{}")),
+                    init_word=get("init_word"), steps=int(steps),
+                    hyperparameters=_meta_json(path, meta, "hyperparameters", {}),
+                    final_losses=_meta_json(path, meta, "final_losses", {}),
+                    nearest_words=_meta_json(path, meta, "nearest_words", {}),
                     pack_version=get("pack_version", "unknown"))
+
+
+def _meta_json(path: Path, meta: dict, key: str, default):
+    """A JSON metadata field, or a clear error naming the field (not json's bare message)."""
+    raw = meta.get(META + key)
+    if raw is None:
+        return default
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise RelationFileError(f"{path.name}: metadata '{META}{key}' is not valid JSON ({e.msg}); fix or "
+                                f"remove that field") from e
+    if not isinstance(value, type(default)):
+        raise RelationFileError(f"{path.name}: metadata '{META}{key}' should be a JSON "
+                                f"{type(default).__name__}, got {type(value).__name__}; fix or remove it")
+    return value
 
 
 def _load_pickled(path: Path) -> Relation:
@@ -181,7 +254,5 @@ def _load_pickled(path: Path) -> Relation:
     if not isinstance(data, dict) or len(data) != 1 or not isinstance(next(iter(data.values())), torch.Tensor):
         raise RelationFileError(f"{path.name}: expected one learned token such as {{'<R>': tensor[768]}}")
     token, t = next(iter(data.items()))
-    if t.ndim == 2 and t.shape[0] != 1:
-        raise RelationFileError(f"{path.name}: '{token}' holds {t.shape[0]} vectors; a relation is one token")
-    t = t.reshape(-1)
+    t = check_vector(t, f"{path.name} '{token}'")
     return Relation({_single_key(t.shape[0]): t}, name=path.stem, placeholder=str(token))

@@ -104,12 +104,15 @@ StepCallback = Callable[[int, int, dict], "bool | None"]
 
 
 def train(backend: Backend, latents: torch.Tensor, templates: list[list[str]], config: TrainConfig,
-          callback: StepCallback | None = None) -> TrainResult:
+          callback: StepCallback | None = None, interrupt: Callable[[], None] | None = None) -> TrainResult:
     """Learn the relation vector(s). `latents[i]` is exemplar i, already VAE-encoded once.
 
     `callback(step, total, record)` runs after every update (progress, interruption);
-    returning True stops early with the vectors learned so far.
+    returning True stops early with the vectors learned so far. `interrupt()` runs before
+    each micro-batch and between its forward and backward pass, and raises to cancel (an
+    update of many micro-batches can take minutes; Cancel should not wait for it).
     """
+    interrupt = interrupt or (lambda: None)
     config.check()
     if latents.shape[0] != len(templates):
         raise ValueError(f"{latents.shape[0]} latents but {len(templates)} template lists")
@@ -128,6 +131,7 @@ def train(backend: Backend, latents: torch.Tensor, templates: list[list[str]], c
     for step in range(config.steps):
         totals = {"loss": 0.0, "denoise": 0.0, "steer": 0.0}
         for _ in range(config.grad_accum):
+            interrupt()
             idx = [next(order) for _ in range(config.batch_size)]
             captions = [rng.choice(templates[i]).replace("{}", backend.placeholder_text) for i in idx]
             positive_words = [steering.sample_positive_words(rng, config.num_positives) for _ in idx]
@@ -145,6 +149,7 @@ def train(backend: Backend, latents: torch.Tensor, templates: list[list[str]], c
                     config.temperature)
                 for k in backend.encoder_keys]).mean()
             loss = denoise.float() + config.steering_weight * steer.to(denoise.device)
+            interrupt()
             (loss / config.grad_accum).backward()
             for k, v in (("loss", loss), ("denoise", denoise), ("steer", steer)):
                 totals[k] += float(v.detach()) / config.grad_accum

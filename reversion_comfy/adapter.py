@@ -178,7 +178,11 @@ def accepted(fn, **kwargs) -> dict:
 
 # ------------------------------------------------------------------------ text encoders
 
-STANDIN = "ohwx"   # a single-BPE CLIP token that stands for the relation while tokenising
+# A single-BPE CLIP token (the same id in the CLIP-L/H/G vocabularies) that stands for the
+# relation while tokenising. A word no prompt uses (a hashtag from CLIP's BPE merges), unlike
+# trigger words such as "ohwx" or "sks"; a prompt that contains it anyway is refused by token
+# id, so "wexmondays," cannot slip through as <R>.
+STANDIN = "wexmondays"
 RELATION_MARKERS = ("<R>", "<r>")
 
 
@@ -268,11 +272,16 @@ def _widths_text(widths: dict) -> str:
     return ", ".join(f"{k} {v}-d" for k, v in sorted(widths.items()))
 
 
+def check_no_standin(encoders: list[TextEncoder], text: str, what: str) -> None:
+    """Refuse text whose own tokens include the stand-in (it would silently become <R>)."""
+    for e in encoders:
+        if e.single_id(STANDIN, "stand-in") in e.content_ids(text):
+            raise RelationError(f"{what} contains '{STANDIN}', the word this pack uses internally for the "
+                                f"relation; rephrase that word")
+
+
 def relation_text(text: str) -> str:
     """Prompt with every <R> replaced by the stand-in token (spaced: its own word)."""
-    if STANDIN in text.lower().split():
-        raise RelationError(f"the prompt uses the word '{STANDIN}', which this pack reserves for <R>; "
-                            f"rephrase that word")
     if not any(m in text for m in RELATION_MARKERS):
         raise RelationError(f"the prompt has no <R>: write it where the relation goes, e.g. 'a cat <R> a dog'")
     for m in RELATION_MARKERS:
@@ -289,6 +298,10 @@ def encode_with_relation(clip, relation, text: str):
     """
     encoders = {e.token_key: e for e in text_encoders(clip)}
     check_family(relation, list(encoders.values()))
+    spoken = text
+    for m in RELATION_MARKERS:
+        spoken = spoken.replace(m, " ")
+    check_no_standin(list(encoders.values()), spoken, "the prompt")
     tokens = clip.tokenize(relation_text(text))
     for token_key, chunks in tokens.items():
         enc = encoders[token_key]
@@ -364,6 +377,23 @@ class ComfyBackend:
         if (key, caption) not in self._caption_ids:
             self._caption_ids[(key, caption)] = self.by_key[key].content_ids(caption)
         return self._caption_ids[(key, caption)]
+
+    def check_templates(self, templates: list[list[str]]) -> None:
+        """Every template against every tokenizer of the model, before the first update: a
+        template that does not fit would otherwise fail whenever training first draws it."""
+        for template in sorted({t for ts in templates for t in ts}):
+            check_no_standin(self.encoders, template.replace("{}", " "), f"template {template!r}")
+            caption = template.replace("{}", STANDIN)
+            for key, chunks in self.clip.tokenize(caption).items():
+                enc = next(e for e in self.encoders if e.token_key == key)
+                if len(chunks) != 1:
+                    n = len(enc.content_ids(caption))
+                    raise RelationError(f"template {template!r} is {n} tokens for the {enc.key} tokenizer; "
+                                        f"one caption holds at most 75 (a 77-token chunk less start and "
+                                        f"end): shorten it")
+                if [t[0] for t in chunks[0]].count(self.standin_ids[enc.key]) != 1:
+                    raise RelationError(f"template {template!r}: the relation slot '{{}}' must be a word of "
+                                        f"its own (spaces around it)")
 
     def _tokenize(self, caption: str) -> dict:
         if caption not in self._tokens:
@@ -445,9 +475,11 @@ def train_relation(model, clip, vae, exemplars, config, callback=None):
     from reversion import trainer
     with training_mode():
         backend = ComfyBackend(model, clip)
+        backend.check_templates(exemplars.templates)     # fail in seconds, not after an hour
         latents = vae_encode(vae, exemplars.images, config.seed)
         backend.prepare()
         try:
-            return trainer.train(backend, latents, exemplars.templates, config, callback)
+            return trainer.train(backend, latents, exemplars.templates, config, callback,
+                                 interrupt=check_interrupted)
         finally:
             mm.soft_empty_cache()

@@ -67,7 +67,14 @@ def toy(host):
 
 
 def run_node(host, node_name, method, **inputs):
-    """Call a node's function the way the executor does: under inference mode."""
+    """Call a node's function the way the executor does: under inference mode. Returns the
+    output tuple (the "result" part of a {"ui": ..., "result": ...} answer)."""
+    out = run_node_ui(host, node_name, method, **inputs)
+    return out["result"] if isinstance(out, dict) and "result" in out else out
+
+
+def run_node_ui(host, node_name, method, **inputs):
+    """Like run_node, but returns the node's whole answer (with its "ui" part)."""
     node = host.node(node_name)
     with torch.inference_mode():
         return getattr(node, method)(**inputs)

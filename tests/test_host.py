@@ -66,12 +66,12 @@ def test_gradients_through_host_code_match_finite_differences(host, tiny, family
         weights = torch.randn(1, 77, sum(e.width for e in backend.encoders) if family == "sdxl" else 768, generator=g)
         for key in backend.encoder_keys:
             def text_side(v):
-                cond, _ = backend.encode({**start, key: v}, "a cat ohwx a dog")
+                cond, _ = backend.encode({**start, key: v}, f"a cat {adapter.STANDIN} a dog")
                 return (cond * weights).sum()
             analytic, numeric = directional_check(text_side, torch.randn(start[key].shape, generator=g))
             assert analytic == pytest.approx(numeric, rel=0.01), key
 
-        cond, pooled = backend.encode(start, "a cat ohwx a dog")
+        cond, pooled = backend.encode(start, f"a cat {adapter.STANDIN} a dog")
         dev = backend.device
         x, sigma = torch.randn(1, 4, 8, 8, generator=g).to(dev), torch.tensor([2.0], device=dev)
         out_weights = torch.randn(1, 4, 8, 8, generator=g).to(dev)
@@ -91,7 +91,7 @@ def test_without_the_guard_host_inplace_ops_break_backprop(host, tiny):
     with adapter.training_mode():
         backend = backend_for(model, clip)
         vec = backend.initial_vectors("and")["clip_l"].requires_grad_(True)
-        cond, _ = backend.encode({"clip_l": vec}, "a cat ohwx a dog")
+        cond, _ = backend.encode({"clip_l": vec}, f"a cat {adapter.STANDIN} a dog")
         with pytest.raises(RuntimeError, match="inplace"):
             cond.sum().backward()
 
@@ -165,7 +165,7 @@ def test_sdxl_gets_its_y_through_extra_conds(host, tiny):
     model, clip, _ = tiny("sdxl")
     with adapter.training_mode():
         backend = backend_for(model, clip)
-        cond, pooled = backend.encode(backend.initial_vectors("and"), "a cat ohwx a dog")
+        cond, pooled = backend.encode(backend.initial_vectors("and"), f"a cat {adapter.STANDIN} a dog")
         kw = backend.model_conds(torch.cat([cond] * 2), torch.cat([pooled] * 2), torch.zeros(2, 4, 8, 8))
     assert kw["c_crossattn"].shape == (2, 77, 2048)
     assert kw["y"].shape == (2, 2816)
@@ -228,7 +228,7 @@ def test_training_sees_the_conditioning_inference_gets_with_clip_skip(host, tiny
     (last,) = run_node(host, "ReVersionRelationTextEncode", "encode", clip=clip, relation=relation, text="a cat <R> a dog")
     with adapter.training_mode():
         backend = backend_for(model, skipped)
-        cond, _ = backend.encode(relation.vectors, "a cat ohwx a dog")
+        cond, _ = backend.encode(relation.vectors, f"a cat {adapter.STANDIN} a dog")
     torch.testing.assert_close(cond, infer[0][0], rtol=0, atol=1e-6)
     assert not torch.allclose(infer[0][0], last[0][0])
 
