@@ -124,7 +124,6 @@ def path_in(directory: str | Path, name: str) -> Path:
 
 def save(relation: Relation, path: str | Path, overwrite: bool = False) -> Path:
     """Write atomically; refuse to replace an existing file unless `overwrite`."""
-    import safetensors.torch
     path = Path(path)
     if path.exists() and not overwrite:
         raise RelationFileError(f"{path} already exists; choose another name or switch 'overwrite' on")
@@ -146,7 +145,7 @@ def save(relation: Relation, path: str | Path, overwrite: bool = False) -> Path:
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     # serialised in memory, written by Python: ordinary permissions (umask) and real OSErrors
-    data = safetensors.torch.save({k: v.contiguous() for k, v in tensors.items()}, metadata=meta)
+    data = _safetensors_bytes(tensors, meta)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         with open(tmp, "wb") as f:
@@ -158,6 +157,23 @@ def save(relation: Relation, path: str | Path, overwrite: bool = False) -> Path:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def _safetensors_bytes(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> bytes:
+    """A safetensors file whose bytes depend only on its content (the safetensors library
+    writes the metadata in hash order, which differs from run to run): sorted JSON header,
+    padded to 8 bytes, then the float32 data little-endian, in key order."""
+    import struct
+    header: dict = {"__metadata__": meta}
+    blobs, offset = [], 0
+    for key in sorted(tensors):
+        blob = tensors[key].detach().to(torch.float32).contiguous().cpu().numpy().astype("<f4").tobytes()
+        header[key] = {"dtype": "F32", "shape": list(tensors[key].shape), "data_offsets": [offset, offset + len(blob)]}
+        blobs.append(blob)
+        offset += len(blob)
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + b"".join(blobs)
 
 
 def _single_key(width: int) -> str:

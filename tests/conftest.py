@@ -66,6 +66,14 @@ def toy(host):
         return host.node("ReVersionToyWorldModel").load()
 
 
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    """A real ComfyUI server (subprocess, 127.0.0.1) with the pack installed; one per session."""
+    from reversion_comfy import headless, standalone
+    with headless.ComfyServer(standalone.comfyui_path(), tmp_path_factory.mktemp("server")) as s:
+        yield s
+
+
 def run_node(host, node_name, method, **inputs):
     """Call a node's function the way the executor does: under inference mode. Returns the
     output tuple (the "result" part of a {"ui": ..., "result": ...} answer)."""

@@ -15,13 +15,6 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    from reversion_comfy import headless, standalone
-    with headless.ComfyServer(standalone.comfyui_path(), tmp_path_factory.mktemp("server")) as s:
-        yield s
-
-
 def demo_workflow(steps: int, keep_branches=("_00",)) -> dict:
     """workflows/toyworld_demo.json with fewer training steps and only some branches saved."""
     workflow = json.loads((REPO / "workflows" / "toyworld_demo.json").read_text())
