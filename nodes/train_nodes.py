@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from reversion import plot, relation_file
+from reversion import checkpoint, plot, relation_file
 from reversion.trainer import TrainConfig
 from reversion_comfy import adapter
 
@@ -46,17 +46,25 @@ class TrainRelation:
             "focal_alpha": ("FLOAT", {"default": d.focal_alpha, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip": "Relation-focal sampling skew toward noisy steps (paper: 0.5; 0 = uniform)."}),
             "init_word": ("STRING", {"default": d.init_word, "tooltip": "Single-token word whose embedding starts <R> (paper: 'and')."}),
             "seed": ("INT", {"default": d.seed, "min": 0, "max": 2**31 - 1, "tooltip": "Same seed, same result (paper: 2023)."}),
-            "overwrite": ("BOOLEAN", {"default": False, "tooltip": "Replace an existing relation file of this name."}),
+            "overwrite": ("BOOLEAN", {"default": False, "tooltip": "Replace an existing relation file (and checkpoint) of this name."}),
+        }, "optional": {   # optional: graphs saved before these inputs existed still load and run
+            "checkpoint_every": ("INT", {"default": 100, "min": 0, "max": 100000, "tooltip": "Write a checkpoint (<name>.resume beside the relation file) every N updates, and when training is cancelled or fails; 0 = only then."}),
+            "resume": ("BOOLEAN", {"default": False, "tooltip": "Continue the run that <name>.resume holds (cancelled, crashed, or finished with fewer steps): same exemplars and settings; 'steps' is the total to reach."}),
+            "init_relation": ("RELATION", {"tooltip": "Optional: start <R> from this relation (e.g. Load Relation) instead of the init word, to train it further."}),
         }}
 
     @classmethod
-    def VALIDATE_INPUTS(cls, name, overwrite):
+    def VALIDATE_INPUTS(cls, name, overwrite, resume=False):
         """At queue time, before any node runs: a bad name or a taken file fails in a second."""
         try:
-            return written_files.conflict(relation_file.path_in(adapter.embeddings_directory(), name),
-                                          overwrite, allow_ours=True) or True
+            path = relation_file.path_in(adapter.embeddings_directory(), name)
         except ValueError as e:
             return str(e)
+        # a checkpoint we wrote is fine only beside the relation file we wrote (a finished run the
+        # cache may answer); beside no file it is a cancelled run that this queue would restart
+        return (written_files.conflict(path, overwrite, allow_ours=True)
+                or (None if resume else checkpoint_conflict(path, overwrite, allow_ours=written_files.ours(path)))
+                or True)
 
     @classmethod
     def IS_CHANGED(cls, name, **_):
@@ -69,19 +77,38 @@ class TrainRelation:
 
     def train(self, model, clip, vae, exemplars, name, steps, batch_size, grad_accum, learning_rate,
               scale_lr, weight_decay, steering_weight, num_positives, temperature, focal_alpha,
-              init_word, seed, overwrite):
+              init_word, seed, overwrite, checkpoint_every=100, resume=False, init_relation=None):
         path = relation_file.path_in(adapter.embeddings_directory(), name)
-        problem = written_files.conflict(path, overwrite)    # fail before training, not after
+        resume_path = checkpoint.path_for(path)
+        # everything that can fail does so before training, not after
+        problem = written_files.conflict(path, overwrite) or \
+            (None if resume else checkpoint_conflict(path, overwrite))
         if problem:
             raise relation_file.RelationFileError(problem)
         config = TrainConfig(steps=steps, batch_size=batch_size, grad_accum=grad_accum, base_lr=learning_rate,
                              scale_lr=scale_lr, weight_decay=weight_decay, steering_weight=steering_weight,
                              num_positives=num_positives, temperature=temperature, focal_alpha=focal_alpha,
                              init_word=init_word.strip(), seed=seed).check()
-        result = adapter.train_relation(model, clip, vae, exemplars, config, progress_callback(steps))
+        fingerprint = checkpoint.fingerprint(exemplars.images, exemplars.templates)
+        state = checkpoint.load(resume_path) if resume else None
+        if state is not None:
+            checkpoint.check_compatible(state, config.as_dict(), fingerprint)
+
+        def keep(snapshot):
+            checkpoint.save(snapshot, resume_path)
+            written_files.record(resume_path)
+        keeping = checkpoint.Checkpointing(save=keep, every=checkpoint_every, fingerprint=fingerprint,
+                                           resume_from=state)
+        result = adapter.train_relation(model, clip, vae, exemplars, config, progress_callback(steps),
+                                        checkpointing=keeping, start_relation=init_relation)
+        hyperparameters = config.as_dict()
+        prior_steps = 0
+        if init_relation is not None:
+            prior_steps = init_relation.steps
+            hyperparameters["continued_from"] = {"relation": init_relation.name, "steps": init_relation.steps}
         relation = relation_file.Relation(
             result.vectors, name=relation_file.check_name(name), init_word=config.init_word,
-            steps=result.steps_done, hyperparameters=config.as_dict(),
+            steps=prior_steps + result.steps_done, hyperparameters=hyperparameters,
             # no wall-clock time in the file: same seed and settings, byte-identical file
             final_losses={**result.final_losses(), "exemplars": len(exemplars)},
             nearest_words=adapter.nearest_words(clip, result.vectors))
@@ -90,6 +117,15 @@ class TrainRelation:
         summary = f"{result.steps_done} updates in {result.seconds:.1f} s; wrote {path.name}"
         return {"ui": {"text": [summary], "train_seconds": [round(result.seconds, 1)]},
                 "result": (relation, curve)}
+
+
+def checkpoint_conflict(relation_path, overwrite: bool, allow_ours: bool = False) -> str | None:
+    """A checkpoint left by an earlier run is not replaced silently by a new run."""
+    path = checkpoint.path_for(relation_path)
+    if overwrite or not path.exists() or (allow_ours and written_files.ours(path)):
+        return None
+    return (f"{path.name} holds a checkpoint of an earlier run named '{path.stem}'; switch 'resume' on to "
+            f"continue it, or 'overwrite' on to start over (nothing was trained or written)")
 
 
 def progress_callback(total: int):

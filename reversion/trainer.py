@@ -25,7 +25,8 @@ from typing import Callable, Protocol
 
 import torch
 
-from . import steering, timesteps
+from . import checkpoint, steering, timesteps
+from .checkpoint import Checkpointing
 
 
 @dataclass
@@ -104,13 +105,18 @@ StepCallback = Callable[[int, int, dict], "bool | None"]
 
 
 def train(backend: Backend, latents: torch.Tensor, templates: list[list[str]], config: TrainConfig,
-          callback: StepCallback | None = None, interrupt: Callable[[], None] | None = None) -> TrainResult:
+          callback: StepCallback | None = None, interrupt: Callable[[], None] | None = None,
+          checkpointing: Checkpointing | None = None,
+          start_vectors: dict[str, torch.Tensor] | None = None) -> TrainResult:
     """Learn the relation vector(s). `latents[i]` is exemplar i, already VAE-encoded once.
 
     `callback(step, total, record)` runs after every update (progress, interruption);
     returning True stops early with the vectors learned so far. `interrupt()` runs before
     each micro-batch and between its forward and backward pass, and raises to cancel (an
     update of many micro-batches can take minutes; Cancel should not wait for it).
+    `checkpointing` saves the run every few updates and when it is cancelled or fails, and
+    resumes one (checkpoint.py). `start_vectors` continue from a saved relation instead of
+    the init word's embedding.
     """
     interrupt = interrupt or (lambda: None)
     config.check()
@@ -119,54 +125,115 @@ def train(backend: Backend, latents: torch.Tensor, templates: list[list[str]], c
     gen = torch.Generator().manual_seed(config.seed)
     rng = random.Random(config.seed)
     sampler = timesteps.FocalTimestepSampler(config.focal_alpha, generator=gen)
-    vectors = {k: torch.nn.Parameter(v.detach().float().clone())
-               for k, v in backend.initial_vectors(config.init_word).items()}
+    start_vectors = start_vectors or backend.initial_vectors(config.init_word)
+    vectors = {k: torch.nn.Parameter(start_vectors[k].detach().float().clone()) for k in backend.encoder_keys}
     optimizer = torch.optim.AdamW(list(vectors.values()), lr=config.lr, betas=tuple(config.adam_betas),
                                   eps=config.adam_eps, weight_decay=config.weight_decay)
     vocabularies = {k: backend.steering_vocabulary(k) for k in backend.encoder_keys}
-    order = _exemplar_stream(len(templates), gen)
+    order = ExemplarOrder(len(templates), gen)
     result = TrainResult(vectors={})
+    resume = checkpointing.resume_from if checkpointing else None
+    if resume is not None:
+        checkpoint.check_compatible(resume, config.as_dict(), checkpointing.fingerprint)
+        resume = _fresh_copy(resume)      # tensors loaded under a host's inference mode can't be updated
+        with torch.no_grad():
+            for k, v in vectors.items():
+                v.copy_(resume["vectors"][k])
+        optimizer.load_state_dict(resume["optimizer"])
+        gen.set_state(resume["torch_rng"])
+        rng.setstate(_as_tuples(resume["python_rng"]))
+        order.load_state(resume["order"])
+        result.history = list(resume["history"])
+
+    def snapshot() -> dict:
+        """The run after its last completed update: what a checkpoint holds."""
+        return {"step": result.steps_done, "vectors": {k: v.detach().clone() for k, v in vectors.items()},
+                "optimizer": optimizer.state_dict(), "torch_rng": boundary[0], "python_rng": boundary[1],
+                "order": boundary[2], "history": list(result.history), "config": config.as_dict(),
+                "fingerprint": checkpointing.fingerprint}
+
+    boundary = (gen.get_state(), rng.getstate(), order.state())
     start = time.perf_counter()
+    try:
+        for step in range(result.steps_done, config.steps):
+            totals = {"loss": 0.0, "denoise": 0.0, "steer": 0.0}
+            for _ in range(config.grad_accum):
+                interrupt()
+                idx = [order.next() for _ in range(config.batch_size)]
+                captions = [rng.choice(templates[i]).replace("{}", backend.placeholder_text) for i in idx]
+                positive_words = [steering.sample_positive_words(rng, config.num_positives) for _ in idx]
+                batch = latents[idx]
+                t = sampler.sample(len(idx))
+                noise = torch.randn(batch.shape, generator=gen).to(batch.device, batch.dtype)
 
-    for step in range(config.steps):
-        totals = {"loss": 0.0, "denoise": 0.0, "steer": 0.0}
-        for _ in range(config.grad_accum):
-            interrupt()
-            idx = [next(order) for _ in range(config.batch_size)]
-            captions = [rng.choice(templates[i]).replace("{}", backend.placeholder_text) for i in idx]
-            positive_words = [steering.sample_positive_words(rng, config.num_positives) for _ in idx]
-            batch = latents[idx]
-            t = sampler.sample(len(idx))
-            noise = torch.randn(batch.shape, generator=gen).to(batch.device, batch.dtype)
+                denoise = backend.denoising_loss(vectors, batch, captions, t, noise)
+                steer = torch.stack([
+                    steering.steering_loss(
+                        vectors[k],
+                        backend.embedding_rows(k, vocabularies[k].positive_ids(positive_words)),
+                        backend.embedding_rows(k, vocabularies[k].negative_ids(
+                            [backend.caption_ids(k, c) for c in captions])),
+                        config.temperature)
+                    for k in backend.encoder_keys]).mean()
+                loss = denoise.float() + config.steering_weight * steer.to(denoise.device)
+                interrupt()
+                (loss / config.grad_accum).backward()
+                for k, v in (("loss", loss), ("denoise", denoise), ("steer", steer)):
+                    totals[k] += float(v.detach()) / config.grad_accum
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            boundary = (gen.get_state(), rng.getstate(), order.state())
+            record = {"step": step + 1, **totals}
+            result.history.append(record)
+            if checkpointing and checkpointing.every and (step + 1) % checkpointing.every == 0:
+                checkpointing.save(snapshot())
+            if callback is not None and callback(step + 1, config.steps, record):
+                result.stopped_early = step + 1 < config.steps
+                break
+    except BaseException:
+        # Cancel or a failure mid-update: keep every completed update (the partial one's
+        # gradients are dropped; the generators are rewound to the update boundary)
+        if checkpointing and result.steps_done > (resume or {}).get("step", 0):
+            checkpointing.save(snapshot())
+        raise
 
-            denoise = backend.denoising_loss(vectors, batch, captions, t, noise)
-            steer = torch.stack([
-                steering.steering_loss(
-                    vectors[k],
-                    backend.embedding_rows(k, vocabularies[k].positive_ids(positive_words)),
-                    backend.embedding_rows(k, vocabularies[k].negative_ids(
-                        [backend.caption_ids(k, c) for c in captions])),
-                    config.temperature)
-                for k in backend.encoder_keys]).mean()
-            loss = denoise.float() + config.steering_weight * steer.to(denoise.device)
-            interrupt()
-            (loss / config.grad_accum).backward()
-            for k, v in (("loss", loss), ("denoise", denoise), ("steer", steer)):
-                totals[k] += float(v.detach()) / config.grad_accum
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        record = {"step": step + 1, **totals}
-        result.history.append(record)
-        if callback is not None and callback(step + 1, config.steps, record):
-            result.stopped_early = step + 1 < config.steps
-            break
-
+    if checkpointing and result.history and (not checkpointing.every or result.steps_done % checkpointing.every):
+        checkpointing.save(snapshot())        # the end state too: raise `steps` and resume to train on
     result.vectors = {k: v.detach().clone() for k, v in vectors.items()}
     result.seconds = time.perf_counter() - start
     return result
 
 
-def _exemplar_stream(n: int, gen: torch.Generator):
-    """Exemplar indices, a fresh random permutation per epoch (every image equally often)."""
-    while True:
-        yield from torch.randperm(n, generator=gen).tolist()
+class ExemplarOrder:
+    """Exemplar indices, a fresh random permutation per epoch (every image equally often);
+    its position is part of a checkpoint."""
+
+    def __init__(self, n: int, gen: torch.Generator):
+        self.n, self.gen, self.perm, self.pos = n, gen, [], 0
+
+    def next(self) -> int:
+        if self.pos == len(self.perm):
+            self.perm, self.pos = torch.randperm(self.n, generator=self.gen).tolist(), 0
+        self.pos += 1
+        return self.perm[self.pos - 1]
+
+    def state(self) -> dict:
+        return {"perm": list(self.perm), "pos": self.pos}
+
+    def load_state(self, state: dict) -> None:
+        self.perm, self.pos = list(state["perm"]), int(state["pos"])
+
+
+def _fresh_copy(x):
+    if isinstance(x, torch.Tensor):
+        return x.clone()
+    if isinstance(x, dict):
+        return {k: _fresh_copy(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_fresh_copy(v) for v in x)
+    return x
+
+
+def _as_tuples(x):
+    """random.setstate wants the nested tuples that a round trip through a file may make lists."""
+    return tuple(_as_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x

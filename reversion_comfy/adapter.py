@@ -465,12 +465,15 @@ def embeddings_directory() -> str:
     return chosen
 
 
-def train_relation(model, clip, vae, exemplars, config, callback=None):
+def train_relation(model, clip, vae, exemplars, config, callback=None, checkpointing=None, start_relation=None):
     """Encode the exemplars once, then run the ReVersion loop on the host's model.
 
     Returns the `reversion.trainer.TrainResult`. Host weights are not modified: they are
-    only re-wrapped as normal (non-inference) tensors with the same values.
+    only re-wrapped as normal (non-inference) tensors with the same values. `start_relation`
+    (a Relation for this CLIP) replaces the init word's embedding as the starting point.
     """
+    if start_relation is not None:
+        check_family(start_relation, text_encoders(clip))
     import comfy.model_management as mm
     from reversion import trainer
     with training_mode():
@@ -480,6 +483,7 @@ def train_relation(model, clip, vae, exemplars, config, callback=None):
         backend.prepare()
         try:
             return trainer.train(backend, latents, exemplars.templates, config, callback,
-                                 interrupt=check_interrupted)
+                                 interrupt=check_interrupted, checkpointing=checkpointing,
+                                 start_vectors=start_relation.vectors if start_relation is not None else None)
         finally:
             mm.soft_empty_cache()

@@ -202,3 +202,77 @@ def test_trainer_timesteps_are_focal():
 def test_trainer_rejects_bad_settings(field, value, message):
     with pytest.raises(ValueError, match=message):
         trainer.TrainConfig(**{field: value}).check()
+
+
+# ------------------------------------------------------------------- checkpoints
+
+class Cancelled(Exception):
+    pass
+
+
+def cancel_at(micro_batch: int):
+    """An interrupt hook that raises when the run reaches its `micro_batch`-th check."""
+    calls = {"n": 0}
+
+    def interrupt():
+        calls["n"] += 1
+        if calls["n"] == micro_batch:
+            raise Cancelled()
+    return interrupt
+
+
+def test_cancel_mid_update_then_resume_equals_the_uninterrupted_run(tmp_path):
+    from reversion import checkpoint
+    latents = torch.randn(3, 4, 2, 2, generator=torch.Generator().manual_seed(1))
+    templates = [["a cat {} a dog"], ["cat {} dog", "a cat {} dog"], ["a dog {} a cat"]]
+    cfg = trainer.TrainConfig(steps=9, batch_size=2, grad_accum=3, seed=4)
+    whole = trainer.train(LinearBackend(), latents, templates, cfg)
+
+    path = tmp_path / "rel.resume"
+    saves = []
+
+    def save(state):
+        saves.append(state["step"])
+        checkpoint.save(state, path)
+    keep = checkpoint.Checkpointing(save=save, every=2, fingerprint="fp")
+    # each update checks twice per micro-batch: check 35 is inside update 6 (checks 31-36)
+    with pytest.raises(Cancelled):
+        trainer.train(LinearBackend(), latents, templates, cfg, interrupt=cancel_at(35), checkpointing=keep)
+    assert saves == [2, 4, 5]                    # every 2 updates, then the 5 complete ones on Cancel
+    state = checkpoint.load(path)
+    assert state["step"] == 5 and len(state["history"]) == 5
+
+    resumed = trainer.train(LinearBackend(), latents, templates, cfg,
+                            checkpointing=checkpoint.Checkpointing(save=save, every=2, fingerprint="fp",
+                                                                   resume_from=state))
+    assert torch.equal(resumed.vectors["clip_l"], whole.vectors["clip_l"])      # bit for bit
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in whole.history]
+    assert resumed.steps_done == 9
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(fingerprint="other"), "other exemplars"),
+    (dict(config=trainer.TrainConfig(steps=9, batch_size=2, grad_accum=3, seed=5)), r"seed 4 -> 5"),
+    (dict(config=trainer.TrainConfig(steps=3, batch_size=2, grad_accum=3, seed=4)), "already at update 3 of the 3"),
+])
+def test_a_checkpoint_only_resumes_the_same_run(tmp_path, change, message):
+    from reversion import checkpoint
+    cfg = trainer.TrainConfig(steps=3, batch_size=2, grad_accum=3, seed=4)
+    states = []
+    trainer.train(LinearBackend(), torch.randn(2, 4, 2, 2), [["cat {} dog"]] * 2, cfg,
+                  checkpointing=checkpoint.Checkpointing(save=states.append, every=3, fingerprint="fp"))
+    with pytest.raises(checkpoint.CheckpointError, match=message):
+        checkpoint.check_compatible(states[-1], change.get("config", cfg).as_dict(), change.get("fingerprint", "fp"))
+
+
+def test_continue_from_a_saved_relation_starts_from_its_vector():
+    start = {"clip_l": torch.full((16,), 0.25)}
+    seen = []
+
+    class Spy(LinearBackend):
+        def denoising_loss(self, vectors, *a):
+            seen.append(vectors["clip_l"].detach().clone())
+            return super().denoising_loss(vectors, *a)
+    trainer.train(Spy(), torch.randn(2, 4, 2, 2), [["cat {} dog"]] * 2,
+                  trainer.TrainConfig(steps=1, grad_accum=1), start_vectors=start)
+    assert torch.equal(seen[0], start["clip_l"])

@@ -1,0 +1,96 @@
+"""Checkpoints of a relation training run, so that Cancel or a crash loses at most a few updates.
+
+A checkpoint holds everything the loop's next update depends on, taken at an update
+boundary: the vectors, AdamW's state, the step count, the loss history, the states of the
+two random generators and of the exemplar order, plus what the run must match to be
+continued (the exemplar fingerprint and every hyperparameter but `steps`). Resuming from it
+on the same machine gives the same vectors, bit for bit on a CPU, as the uninterrupted run.
+
+Files are plain tensors, lists and numbers written with `torch.save` (atomically) and read
+with `torch.load(weights_only=True)`: no arbitrary unpickling.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+FORMAT = 1
+SUFFIX = ".resume"       # not a ComfyUI embedding extension: never listed as an embedding
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used for this run; the message names the fix."""
+
+
+def fingerprint(images: torch.Tensor, templates: list[list[str]]) -> str:
+    """Identity of an exemplar set: its pixels and templates (not the VAE latents, whose last
+    bits may differ between runs on a GPU)."""
+    h = hashlib.sha256()
+    h.update(str(tuple(images.shape)).encode())
+    h.update(images.detach().float().contiguous().cpu().numpy().tobytes())
+    h.update(repr(templates).encode())
+    return h.hexdigest()[:16]
+
+
+def path_for(relation_path: str | Path) -> Path:
+    """The checkpoint beside a relation file: painted_on.safetensors -> painted_on.resume."""
+    return Path(relation_path).with_suffix(SUFFIX)
+
+
+@dataclass
+class Checkpointing:
+    """How a run keeps checkpoints: `save(state)` every `every` updates (0: never on a
+    schedule) and when the run is cancelled or fails; `resume_from` continues a run."""
+    save: Callable[[dict], None]
+    every: int = 0
+    fingerprint: str = ""
+    resume_from: dict | None = None
+
+
+def save(state: dict, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        torch.save({"format": FORMAT, **state}, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def load(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint {path.name} in {path.parent}: nothing to resume; switch "
+                              f"'resume' off to start a new run")
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:     # corrupt, truncated, or not plain data
+        raise CheckpointError(f"checkpoint {path.name} cannot be read ({e}); delete it, or switch "
+                              f"'resume' off and 'overwrite' on to start over") from e
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path.name} is not a checkpoint of this pack's format {FORMAT}; delete it")
+    return state
+
+
+def check_compatible(state: dict, config: dict, fingerprint_: str) -> None:
+    """Refuse to continue a run with other exemplars or other settings (except more steps)."""
+    if state["fingerprint"] != fingerprint_:
+        raise CheckpointError("the checkpoint was made with other exemplars (images or templates differ); "
+                              "use the same exemplars, or switch 'resume' off and 'overwrite' on to start over")
+    differ = sorted(k for k in set(config) | set(state["config"])
+                    if k != "steps" and config.get(k) != state["config"].get(k))
+    if differ:
+        changes = ", ".join(f"{k} {state['config'].get(k)!r} -> {config.get(k)!r}" for k in differ)
+        raise CheckpointError(f"the checkpoint was made with other settings ({changes}); set them back to "
+                              f"resume, or switch 'resume' off and 'overwrite' on to start over")
+    if state["step"] >= config["steps"]:
+        raise CheckpointError(f"the checkpoint is already at update {state['step']} of the {config['steps']} "
+                              f"asked for; raise 'steps' to train further")

@@ -1,0 +1,114 @@
+"""Checkpoints and resume through the Train Relation node on a real host (tiny SD1.x model):
+Cancel keeps the completed updates, resume reaches the uninterrupted result bit for bit on
+the CPU, and a saved relation can be trained further."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import run_node
+from reversion import checkpoint
+from reversion import exemplars as ex
+from reversion import relation_file as rf
+
+
+def exemplars():
+    return ex.from_images(torch.rand(2, 32, 32, 3, generator=torch.Generator().manual_seed(3)),
+                          ["a cat {} a dog"])
+
+
+def inputs(model, clip, vae, name, **overrides):
+    d = dict(model=model, clip=clip, vae=vae, exemplars=exemplars(), name=name, steps=6, batch_size=2,
+             grad_accum=2, learning_rate=1e-2, scale_lr=False, weight_decay=1e-2, steering_weight=0.01,
+             num_positives=4, temperature=0.07, focal_alpha=0.5, init_word="and", seed=11, overwrite=False,
+             checkpoint_every=2)
+    d.update(overrides)
+    return d
+
+
+@pytest.fixture
+def cancel_at_check(monkeypatch):
+    """cancel_at_check(n): the n-th interrupt check of the next training raises Cancel."""
+    import comfy.model_management as mm
+    from reversion_comfy import adapter
+
+    def arm(n):
+        calls = {"n": 0}
+
+        def check():
+            calls["n"] += 1
+            if calls["n"] == n:
+                raise mm.InterruptProcessingException()
+        monkeypatch.setattr(adapter, "check_interrupted", check)
+    return arm
+
+
+def test_cancel_keeps_a_checkpoint_and_resume_gives_the_uninterrupted_result(host, tiny, cancel_at_check,
+                                                                                monkeypatch):
+    import comfy.model_management as mm
+    from reversion_comfy import adapter
+    model, clip, vae = tiny("sd1")
+    whole, _ = run_node(host, "ReVersionTrainRelation", "train", **inputs(model, clip, vae, "ckpt_whole"))
+
+    # per update: 2 micro-batches x 2 checks + 1 check by the progress callback = 5 checks;
+    # check 18 is in the 4th update, after 3 complete ones
+    cancel_at_check(18)
+    with pytest.raises(mm.InterruptProcessingException):
+        run_node(host, "ReVersionTrainRelation", "train", **inputs(model, clip, vae, "ckpt_cut"))
+    assert not (host.embeddings / "ckpt_cut.safetensors").exists()
+    state = checkpoint.load(host.embeddings / "ckpt_cut.resume")
+    assert state["step"] == 3 and len(state["history"]) == 3
+
+    # a new run of that name neither starts over silently nor ignores the checkpoint
+    cls = host.nodes.NODE_CLASS_MAPPINGS["ReVersionTrainRelation"]
+    verdict = cls.VALIDATE_INPUTS(name="ckpt_cut", overwrite=False, resume=False)
+    assert isinstance(verdict, str) and "switch 'resume' on" in verdict
+    monkeypatch.setattr(adapter, "check_interrupted", lambda: None)
+    with pytest.raises(rf.RelationFileError, match="holds a checkpoint of an earlier run"):
+        run_node(host, "ReVersionTrainRelation", "train", **inputs(model, clip, vae, "ckpt_cut"))
+
+    resumed, _ = run_node(host, "ReVersionTrainRelation", "train", **inputs(model, clip, vae, "ckpt_cut", resume=True))
+    assert torch.equal(resumed.vectors["clip_l"], whole.vectors["clip_l"])
+    assert resumed.steps == 6 and resumed.final_losses == whole.final_losses
+
+
+def test_resume_refuses_other_settings_and_other_exemplars_before_training(host, tiny, monkeypatch):
+    from reversion import trainer
+    model, clip, vae = tiny("sd1")
+    run_node(host, "ReVersionTrainRelation", "train", **inputs(model, clip, vae, "ckpt_strict", steps=2))
+    monkeypatch.setattr(trainer, "train", lambda *a, **k: pytest.fail("training started"))
+    with pytest.raises(checkpoint.CheckpointError, match=r"other settings \(seed 11 -> 12\)"):
+        run_node(host, "ReVersionTrainRelation", "train",
+                 **inputs(model, clip, vae, "ckpt_strict", steps=4, seed=12, resume=True, overwrite=True))
+    other = ex.from_images(torch.rand(2, 32, 32, 3), ["a cat {} a dog"])
+    with pytest.raises(checkpoint.CheckpointError, match="other exemplars"):
+        run_node(host, "ReVersionTrainRelation", "train",
+                 **inputs(model, clip, vae, "ckpt_strict", steps=4, exemplars=other, resume=True, overwrite=True))
+    with pytest.raises(checkpoint.CheckpointError, match="no checkpoint never_ran.resume"):
+        run_node(host, "ReVersionTrainRelation", "train", **inputs(model, clip, vae, "never_ran", resume=True))
+
+
+def test_a_finished_run_can_be_extended_by_raising_steps(host, tiny):
+    model, clip, vae = tiny("sd1")
+    six, _ = run_node(host, "ReVersionTrainRelation", "train", **inputs(model, clip, vae, "ckpt_six"))
+    run_node(host, "ReVersionTrainRelation", "train", **inputs(model, clip, vae, "ckpt_grow", steps=4))
+    grown, _ = run_node(host, "ReVersionTrainRelation", "train",
+                        **inputs(model, clip, vae, "ckpt_grow", steps=6, resume=True, overwrite=True))
+    assert grown.steps == 6 and torch.equal(grown.vectors["clip_l"], six.vectors["clip_l"])
+
+
+def test_continue_from_a_saved_relation(host, tiny):
+    model, clip, vae = tiny("sd1")
+    first, _ = run_node(host, "ReVersionTrainRelation", "train", **inputs(model, clip, vae, "cont_a", steps=2))
+    more, _ = run_node(host, "ReVersionTrainRelation", "train",
+                       **inputs(model, clip, vae, "cont_b", steps=2, init_relation=first))
+    assert more.steps == 4 and more.hyperparameters["continued_from"] == {"relation": "cont_a", "steps": 2}
+    assert not torch.equal(more.vectors["clip_l"], first.vectors["clip_l"])
+    # a relation for another model family is refused before training
+    _, xl_clip, _ = tiny("sdxl")
+    from reversion_comfy.adapter import RelationError
+    xl_model, _, xl_vae = tiny("sdxl")
+    with pytest.raises(RelationError, match="was trained for"):
+        run_node(host, "ReVersionTrainRelation", "train",
+                 **inputs(xl_model, xl_clip, xl_vae, "cont_xl", steps=1, init_relation=first,
+                          exemplars=ex.from_images(torch.rand(2, 64, 64, 3), ["a cat {} a dog"])))
