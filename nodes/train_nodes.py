@@ -18,10 +18,11 @@ class TrainRelation:
                    "timestep sampling. Writes models/embeddings/<name>.safetensors, usable as "
                    "embedding:<name> in any prompt.")
     CATEGORY = "ReVersion"
-    RETURN_TYPES = ("RELATION", "IMAGE")
-    RETURN_NAMES = ("relation", "loss_curve")
+    RETURN_TYPES = ("RELATION", "IMAGE", "IMAGE")
+    RETURN_NAMES = ("relation", "loss_curve", "samples")
     OUTPUT_TOOLTIPS = ("The learned relation, for Relation Text Encode / Save Relation.",
-                       "Loss per update (total, denoising, steering).")
+                       "Loss per update (total, denoising, steering).",
+                       "The preview prompt drawn with the final relation (fixed seed, preview_steps).")
     FUNCTION = "train"
     OUTPUT_NODE = True   # writes the relation file even if nothing is connected
 
@@ -51,6 +52,9 @@ class TrainRelation:
             "checkpoint_every": ("INT", {"default": 100, "min": 0, "max": 100000, "tooltip": "Write a checkpoint (<name>.resume beside the relation file) every N updates, and when training is cancelled or fails; 0 = only then."}),
             "resume": ("BOOLEAN", {"default": False, "tooltip": "Continue the run that <name>.resume holds (cancelled, crashed, or finished with fewer steps): same exemplars and settings; 'steps' is the total to reach."}),
             "init_relation": ("RELATION", {"tooltip": "Optional: start <R> from this relation (e.g. Load Relation) instead of the init word, to train it further."}),
+            "preview_every": ("INT", {"default": 100, "min": 0, "max": 100000, "tooltip": "Every N updates, draw the preview prompt with the current <R> and show it on the node beside the loss curve (0 = only the final samples). Sampling time is not counted as training time."}),
+            "preview_prompt": ("STRING", {"default": "", "tooltip": "Prompt with <R> for the previews and the samples output; empty = the first exemplar template with <R> in its slot."}),
+            "preview_steps": ("INT", {"default": 12, "min": 1, "max": 100, "tooltip": "Sampler steps per preview (euler, fixed seed)."}),
         }}
 
     @classmethod
@@ -60,11 +64,8 @@ class TrainRelation:
             path = relation_file.path_in(adapter.embeddings_directory(), name)
         except ValueError as e:
             return str(e)
-        # a checkpoint we wrote is fine only beside the relation file we wrote (a finished run the
-        # cache may answer); beside no file it is a cancelled run that this queue would restart
         return (written_files.conflict(path, overwrite, allow_ours=True)
-                or (None if resume else checkpoint_conflict(path, overwrite, allow_ours=written_files.ours(path)))
-                or True)
+                or (None if resume else checkpoint_conflict(path, overwrite)) or True)
 
     @classmethod
     def IS_CHANGED(cls, name, **_):
@@ -77,7 +78,8 @@ class TrainRelation:
 
     def train(self, model, clip, vae, exemplars, name, steps, batch_size, grad_accum, learning_rate,
               scale_lr, weight_decay, steering_weight, num_positives, temperature, focal_alpha,
-              init_word, seed, overwrite, checkpoint_every=100, resume=False, init_relation=None):
+              init_word, seed, overwrite, checkpoint_every=100, resume=False, init_relation=None,
+              preview_every=100, preview_prompt="", preview_steps=12):
         path = relation_file.path_in(adapter.embeddings_directory(), name)
         resume_path = checkpoint.path_for(path)
         # everything that can fail does so before training, not after
@@ -99,8 +101,16 @@ class TrainRelation:
             written_files.record(resume_path)
         keeping = checkpoint.Checkpointing(save=keep, every=checkpoint_every, fingerprint=fingerprint,
                                            resume_from=state)
-        result = adapter.train_relation(model, clip, vae, exemplars, config, progress_callback(steps),
+        prompt = preview_prompt.strip() or exemplars.templates[0][0].replace("{}", "<R>")
+        adapter.check_prompt(clip, prompt)                       # checked before training, not at step 100
+        size = int(exemplars.images.shape[1])
+
+        def preview(vectors):
+            return adapter.sample_preview(model, clip, vae, vectors, prompt, seed, preview_steps, size)
+        callback = progress_callback(steps, preview if preview_every else None, preview_every)
+        result = adapter.train_relation(model, clip, vae, exemplars, config, callback,
                                         checkpointing=keeping, start_relation=init_relation)
+        samples = preview(result.vectors)
         hyperparameters = config.as_dict()
         prior_steps = 0
         if init_relation is not None:
@@ -114,35 +124,64 @@ class TrainRelation:
             nearest_words=adapter.nearest_words(clip, result.vectors))
         written_files.save_relation(relation, path, overwrite)
         curve = torch.from_numpy(plot.loss_curve(result.history)).float().div(255).unsqueeze(0)
-        summary = f"{result.steps_done} updates in {result.seconds:.1f} s; wrote {path.name}"
-        return {"ui": {"text": [summary], "train_seconds": [round(result.seconds, 1)]},
-                "result": (relation, curve)}
+        train_seconds = result.seconds - callback.preview_seconds
+        summary = (f"{result.steps_done} updates in {train_seconds:.1f} s (+{callback.preview_seconds:.1f} s "
+                   f"for {callback.previews} previews); wrote {path.name}")
+        return {"ui": {"text": [summary], "train_seconds": [round(train_seconds, 1)]},
+                "result": (relation, curve, samples)}
 
 
-def checkpoint_conflict(relation_path, overwrite: bool, allow_ours: bool = False) -> str | None:
-    """A checkpoint left by an earlier run is not replaced silently by a new run."""
+def checkpoint_conflict(relation_path, overwrite: bool) -> str | None:
+    """The checkpoint of a cancelled or failed run is not replaced silently by a new run."""
     path = checkpoint.path_for(relation_path)
-    if overwrite or not path.exists() or (allow_ours and written_files.ours(path)):
+    left = None if overwrite else checkpoint.unfinished(path)
+    if left is None:
         return None
-    return (f"{path.name} holds a checkpoint of an earlier run named '{path.stem}'; switch 'resume' on to "
-            f"continue it, or 'overwrite' on to start over (nothing was trained or written)")
+    return (f"{path.name} holds a checkpoint of an unfinished run named '{path.stem}' (update {left[0]} of "
+            f"{left[1]}); switch 'resume' on to continue it, or 'overwrite' on to start over (nothing was "
+            f"trained or written)")
 
 
-def progress_callback(total: int):
-    """Per update: honour Cancel, advance the progress bar, preview the loss curve."""
+def progress_callback(total: int, preview=None, preview_every: int = 0):
+    """Per update: honour Cancel, advance the progress bar, show the loss curve and (every
+    `preview_every` updates) a sample drawn with the current vectors beside it."""
+    import time
     from PIL import Image
     bar = adapter.progress(total)
     history = []
     every = max(1, total // 20)
+    sample = [None]
 
-    def callback(step, total, record):
+    def callback(step, total, record, vectors):
         adapter.check_interrupted()
         history.append(record)
-        preview = None
-        if step % every == 0 or step == total:
-            preview = ("PNG", Image.fromarray(plot.loss_curve(history)), 512)
-        bar.update_absolute(step, total, preview)
+        drawn = preview is not None and step % preview_every == 0
+        if drawn:
+            start = time.perf_counter()
+            sample[0] = preview(vectors)
+            callback.preview_seconds += time.perf_counter() - start
+            callback.previews += 1
+        shown = None
+        if drawn or step % every == 0 or step == total:
+            shown = ("PNG", side_by_side(plot.loss_curve(history), sample[0]), 768)
+        bar.update_absolute(step, total, shown)
+    callback.preview_seconds = 0.0
+    callback.previews = 0
     return callback
+
+
+def side_by_side(curve, sample) -> "Image.Image":
+    """The loss curve with the latest preview sample to its right, scaled to its height."""
+    from PIL import Image
+    curve = Image.fromarray(curve)
+    if sample is None:
+        return curve
+    picture = Image.fromarray((sample[0].numpy() * 255).round().astype("uint8")).resize(
+        (curve.height, curve.height), Image.NEAREST)
+    both = Image.new("RGB", (curve.width + picture.width, curve.height), (255, 255, 255))
+    both.paste(curve, (0, 0))
+    both.paste(picture, (curve.width, 0))
+    return both
 
 
 NODE_CLASS_MAPPINGS = {"ReVersionTrainRelation": TrainRelation}

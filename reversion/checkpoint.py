@@ -80,6 +80,18 @@ def load(path: str | Path) -> dict:
     return state
 
 
+def unfinished(path: str | Path) -> tuple[int, int] | None:
+    """(updates done, updates asked for) of a checkpoint that a cancelled or failed run left;
+    None if there is none or its run finished (its end state may be replaced freely: the
+    relation file it led to is protected on its own)."""
+    try:
+        state = load(path)
+    except CheckpointError:
+        return None if not Path(path).exists() else (0, 0)
+    done, total = int(state["step"]), int(state["config"]["steps"])
+    return (done, total) if done < total else None
+
+
 def check_compatible(state: dict, config: dict, fingerprint_: str) -> None:
     """Refuse to continue a run with other exemplars or other settings (except more steps)."""
     if state["fingerprint"] != fingerprint_:

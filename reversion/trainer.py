@@ -101,7 +101,8 @@ class TrainResult:
         return {k: sum(r[k] for r in recent) / len(recent) for k in ("loss", "denoise", "steer")}
 
 
-StepCallback = Callable[[int, int, dict], "bool | None"]
+# callback(step, total, record, vectors): after every update; returning True stops early
+StepCallback = Callable[[int, int, dict, dict], "bool | None"]
 
 
 def train(backend: Backend, latents: torch.Tensor, templates: list[list[str]], config: TrainConfig,
@@ -110,8 +111,8 @@ def train(backend: Backend, latents: torch.Tensor, templates: list[list[str]], c
           start_vectors: dict[str, torch.Tensor] | None = None) -> TrainResult:
     """Learn the relation vector(s). `latents[i]` is exemplar i, already VAE-encoded once.
 
-    `callback(step, total, record)` runs after every update (progress, interruption);
-    returning True stops early with the vectors learned so far. `interrupt()` runs before
+    `callback(step, total, record, vectors)` runs after every update (progress, previews,
+    interruption); returning True stops early with the vectors learned so far. `interrupt()` runs before
     each micro-batch and between its forward and backward pass, and raises to cancel (an
     update of many micro-batches can take minutes; Cancel should not wait for it).
     `checkpointing` saves the run every few updates and when it is cancelled or fails, and
@@ -187,7 +188,7 @@ def train(backend: Backend, latents: torch.Tensor, templates: list[list[str]], c
             result.history.append(record)
             if checkpointing and checkpointing.every and (step + 1) % checkpointing.every == 0:
                 checkpointing.save(snapshot())
-            if callback is not None and callback(step + 1, config.steps, record):
+            if callback is not None and callback(step + 1, config.steps, record, vectors):
                 result.stopped_early = step + 1 < config.steps
                 break
     except BaseException:

@@ -280,6 +280,15 @@ def check_no_standin(encoders: list[TextEncoder], text: str, what: str) -> None:
                                 f"relation; rephrase that word")
 
 
+def check_prompt(clip, text: str) -> str:
+    """A prompt with <R> and without the stand-in word -> the text to tokenise."""
+    spoken = text
+    for m in RELATION_MARKERS:
+        spoken = spoken.replace(m, " ")
+    check_no_standin(text_encoders(clip), spoken, "the prompt")
+    return relation_text(text)
+
+
 def relation_text(text: str) -> str:
     """Prompt with every <R> replaced by the stand-in token (spaced: its own word)."""
     if not any(m in text for m in RELATION_MARKERS):
@@ -298,11 +307,7 @@ def encode_with_relation(clip, relation, text: str):
     """
     encoders = {e.token_key: e for e in text_encoders(clip)}
     check_family(relation, list(encoders.values()))
-    spoken = text
-    for m in RELATION_MARKERS:
-        spoken = spoken.replace(m, " ")
-    check_no_standin(list(encoders.values()), spoken, "the prompt")
-    tokens = clip.tokenize(relation_text(text))
+    tokens = clip.tokenize(check_prompt(clip, text))
     for token_key, chunks in tokens.items():
         enc = encoders[token_key]
         standin = enc.single_id(STANDIN, "stand-in")
@@ -436,6 +441,26 @@ class ComfyBackend:
             denoised = self.model.model.apply_model(x, sigma, **self.model_conds(cond, pooled, x))
         pred, target = prediction_and_target(self.ms, x, x0, noise, sigma, denoised)
         return torch.nn.functional.mse_loss(pred.float(), target.float())
+
+
+def sample_preview(model, clip, vae, vectors: dict[str, torch.Tensor], prompt: str, seed: int, steps: int,
+                   size: int, cfg: float = 5.0) -> torch.Tensor:
+    """One image of `prompt` (with <R>) drawn with the current vectors on the model being
+    trained: stock text encoding, `common_ksampler` (euler, fixed seed) and VAE decode.
+
+    Uses no random state of the training loop (the sampler seeds its own noise), and runs
+    under no_grad rather than inference mode, so no inference tensors end up in host caches
+    that the next training update would touch. Returns an IMAGE [1, H, W, 3].
+    """
+    import nodes
+    from reversion.relation_file import Relation
+    relation = Relation({k: v.detach() for k, v in vectors.items()}, name="preview")
+    with torch.no_grad():
+        positive = encode_with_relation(clip, relation, prompt)
+        (negative,) = nodes.CLIPTextEncode().encode(clip, "")
+        (latent,) = nodes.EmptyLatentImage().generate(size, size, 1)
+        (out,) = nodes.common_ksampler(model, seed, steps, cfg, "euler", "normal", positive, negative, latent)
+        return vae.decode(out["samples"]).detach().float().cpu().clamp(0, 1)
 
 
 def progress(total: int):

@@ -21,7 +21,7 @@ def inputs(model, clip, vae, name, **overrides):
     d = dict(model=model, clip=clip, vae=vae, exemplars=exemplars(), name=name, steps=6, batch_size=2,
              grad_accum=2, learning_rate=1e-2, scale_lr=False, weight_decay=1e-2, steering_weight=0.01,
              num_positives=4, temperature=0.07, focal_alpha=0.5, init_word="and", seed=11, overwrite=False,
-             checkpoint_every=2)
+             checkpoint_every=2, preview_steps=1)
     d.update(overrides)
     return d
 
@@ -48,7 +48,7 @@ def test_cancel_keeps_a_checkpoint_and_resume_gives_the_uninterrupted_result(hos
     import comfy.model_management as mm
     from reversion_comfy import adapter
     model, clip, vae = tiny("sd1")
-    whole, _ = run_node(host, "ReVersionTrainRelation", "train", **inputs(model, clip, vae, "ckpt_whole"))
+    whole, _, _ = run_node(host, "ReVersionTrainRelation", "train", **inputs(model, clip, vae, "ckpt_whole"))
 
     # per update: 2 micro-batches x 2 checks + 1 check by the progress callback = 5 checks;
     # check 18 is in the 4th update, after 3 complete ones
@@ -64,10 +64,10 @@ def test_cancel_keeps_a_checkpoint_and_resume_gives_the_uninterrupted_result(hos
     verdict = cls.VALIDATE_INPUTS(name="ckpt_cut", overwrite=False, resume=False)
     assert isinstance(verdict, str) and "switch 'resume' on" in verdict
     monkeypatch.setattr(adapter, "check_interrupted", lambda: None)
-    with pytest.raises(rf.RelationFileError, match="holds a checkpoint of an earlier run"):
+    with pytest.raises(rf.RelationFileError, match=r"holds a checkpoint of an unfinished run named 'ckpt_cut' \(update 3 of 6\)"):
         run_node(host, "ReVersionTrainRelation", "train", **inputs(model, clip, vae, "ckpt_cut"))
 
-    resumed, _ = run_node(host, "ReVersionTrainRelation", "train", **inputs(model, clip, vae, "ckpt_cut", resume=True))
+    resumed, _, _ = run_node(host, "ReVersionTrainRelation", "train", **inputs(model, clip, vae, "ckpt_cut", resume=True))
     assert torch.equal(resumed.vectors["clip_l"], whole.vectors["clip_l"])
     assert resumed.steps == 6 and resumed.final_losses == whole.final_losses
 
@@ -90,17 +90,17 @@ def test_resume_refuses_other_settings_and_other_exemplars_before_training(host,
 
 def test_a_finished_run_can_be_extended_by_raising_steps(host, tiny):
     model, clip, vae = tiny("sd1")
-    six, _ = run_node(host, "ReVersionTrainRelation", "train", **inputs(model, clip, vae, "ckpt_six"))
+    six, _, _ = run_node(host, "ReVersionTrainRelation", "train", **inputs(model, clip, vae, "ckpt_six"))
     run_node(host, "ReVersionTrainRelation", "train", **inputs(model, clip, vae, "ckpt_grow", steps=4))
-    grown, _ = run_node(host, "ReVersionTrainRelation", "train",
+    grown, _, _ = run_node(host, "ReVersionTrainRelation", "train",
                         **inputs(model, clip, vae, "ckpt_grow", steps=6, resume=True, overwrite=True))
     assert grown.steps == 6 and torch.equal(grown.vectors["clip_l"], six.vectors["clip_l"])
 
 
 def test_continue_from_a_saved_relation(host, tiny):
     model, clip, vae = tiny("sd1")
-    first, _ = run_node(host, "ReVersionTrainRelation", "train", **inputs(model, clip, vae, "cont_a", steps=2))
-    more, _ = run_node(host, "ReVersionTrainRelation", "train",
+    first, _, _ = run_node(host, "ReVersionTrainRelation", "train", **inputs(model, clip, vae, "cont_a", steps=2))
+    more, _, _ = run_node(host, "ReVersionTrainRelation", "train",
                        **inputs(model, clip, vae, "cont_b", steps=2, init_relation=first))
     assert more.steps == 4 and more.hyperparameters["continued_from"] == {"relation": "cont_a", "steps": 2}
     assert not torch.equal(more.vectors["clip_l"], first.vectors["clip_l"])

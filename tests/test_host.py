@@ -25,7 +25,8 @@ def small_exemplars(n=2, size=64):
 def train_inputs(model, clip, vae, name, **overrides):
     inputs = dict(model=model, clip=clip, vae=vae, exemplars=small_exemplars(), name=name, steps=2, batch_size=2,
                   grad_accum=1, learning_rate=1e-2, scale_lr=False, weight_decay=1e-2, steering_weight=0.01,
-                  num_positives=4, temperature=0.07, focal_alpha=0.5, init_word="and", seed=1, overwrite=True)
+                  num_positives=4, temperature=0.07, focal_alpha=0.5, init_word="and", seed=1, overwrite=True,
+                  preview_steps=1)
     inputs.update(overrides)
     return inputs
 
@@ -134,7 +135,7 @@ def test_training_after_the_host_moved_weights_outside_inference_mode(host):
     with pytest.raises(RuntimeError, match="version counter"):
         table._version
     before = table.detach().clone()
-    relation, _ = run_node(host, "ReVersionTrainRelation", "train", **train_inputs(model, clip, vae, "moved"))
+    relation, _, _ = run_node(host, "ReVersionTrainRelation", "train", **train_inputs(model, clip, vae, "moved"))
     assert relation.steps == 2
     assert torch.equal(clip.cond_stage_model.clip_l.transformer.get_input_embeddings().weight.cpu(), before.cpu())
 
@@ -179,9 +180,10 @@ def test_sdxl_gets_its_y_through_extra_conds(host, tiny):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_saved_file_through_stock_clip_text_encode_equals_relation_text_encode(host, tiny, family):
     model, clip, vae = tiny(family)
-    relation, curve = run_node(host, "ReVersionTrainRelation", "train",
+    relation, curve, samples = run_node(host, "ReVersionTrainRelation", "train",
                                **train_inputs(model, clip, vae, f"stock_{family}"))
     assert curve.shape[0] == 1 and curve.shape[-1] == 3
+    assert samples.shape[0] == 1 and samples.shape[-1] == 3 and torch.isfinite(samples).all()
     assert (host.embeddings / f"stock_{family}.safetensors").is_file()
     for text in ("a cat <R> a dog", "(a cat:1.2) <R>, a dog in a garden"):
         (ours,) = run_node(host, "ReVersionRelationTextEncode", "encode", clip=clip, relation=relation, text=text)
@@ -196,7 +198,7 @@ def test_saved_file_through_stock_clip_text_encode_equals_relation_text_encode(h
 
 def test_relation_survives_save_and_load_nodes(host, tiny):
     model, clip, vae = tiny("sd1")
-    relation, _ = run_node(host, "ReVersionTrainRelation", "train", **train_inputs(model, clip, vae, "roundtrip"))
+    relation, _, _ = run_node(host, "ReVersionTrainRelation", "train", **train_inputs(model, clip, vae, "roundtrip"))
     run_node(host, "ReVersionSaveRelation", "save", relation=relation, name="roundtrip_copy", overwrite=False)
     (loaded,) = run_node(host, "ReVersionLoadRelation", "load", relation_file="roundtrip_copy.safetensors")
     assert torch.equal(loaded.vectors["clip_l"], relation.vectors["clip_l"])
@@ -237,9 +239,9 @@ def test_training_sees_the_conditioning_inference_gets_with_clip_skip(host, tiny
 
 def test_same_seed_same_relation(host, tiny):
     model, clip, vae = tiny("sd1")
-    r1, _ = run_node(host, "ReVersionTrainRelation", "train", **train_inputs(model, clip, vae, "seed_a", seed=7))
-    r2, _ = run_node(host, "ReVersionTrainRelation", "train", **train_inputs(model, clip, vae, "seed_b", seed=7))
-    r3, _ = run_node(host, "ReVersionTrainRelation", "train", **train_inputs(model, clip, vae, "seed_c", seed=8))
+    r1, _, _ = run_node(host, "ReVersionTrainRelation", "train", **train_inputs(model, clip, vae, "seed_a", seed=7))
+    r2, _, _ = run_node(host, "ReVersionTrainRelation", "train", **train_inputs(model, clip, vae, "seed_b", seed=7))
+    r3, _, _ = run_node(host, "ReVersionTrainRelation", "train", **train_inputs(model, clip, vae, "seed_c", seed=8))
     assert torch.equal(r1.vectors["clip_l"], r2.vectors["clip_l"])
     assert not torch.equal(r1.vectors["clip_l"], r3.vectors["clip_l"])
 
@@ -268,6 +270,34 @@ def test_progress_bar_and_loss_preview_every_update(host, tiny):
     ours = [s for s in seen if s[1] == 4]
     assert [v for v, _, _ in ours] == [1, 2, 3, 4]
     assert all(p is not None and p[0] == "PNG" for _, _, p in ours)
+
+
+def test_sample_previews_show_beside_the_loss_curve_and_do_not_change_training(host, tiny):
+    import comfy.utils
+    from reversion_comfy import adapter
+    model, clip, vae = tiny("sd1")
+    seen = []
+    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, **kw: seen.append((value, total, preview)))
+    try:
+        relation, _, samples = run_node(host, "ReVersionTrainRelation", "train",
+                                        **train_inputs(model, clip, vae, "previewed", steps=4, preview_every=2,
+                                                       preview_prompt="a dog <R> a cat"))
+    finally:
+        comfy.utils.set_progress_bar_global_hook(None)
+    ours = {v: p for v, t, p in seen if t == 4}
+    curve_only = ours[1][1].size                  # before the first preview: the loss curve alone
+    with_sample = ours[2][1].size                 # then the curve with the sample to its right
+    assert with_sample[0] == curve_only[0] + curve_only[1] and with_sample[1] == curve_only[1]
+    assert ours[4][1].size == with_sample
+    # the same training without previews: identical vector (previews use no training randomness)
+    plain, _, _ = run_node(host, "ReVersionTrainRelation", "train",
+                           **train_inputs(model, clip, vae, "not_previewed", steps=4, preview_every=0))
+    assert torch.equal(plain.vectors["clip_l"], relation.vectors["clip_l"])
+    # the samples output is the preview prompt drawn with the final vector at the fixed seed
+    size = int(small_exemplars().images.shape[1])
+    with torch.inference_mode():
+        again = adapter.sample_preview(model, clip, vae, relation.vectors, "a dog <R> a cat", 1, 1, size)
+    assert samples.shape == (1, size, size, 3) and torch.equal(samples, again)
 
 
 def test_interrupt_stops_training_and_writes_nothing(host, tiny):

@@ -183,7 +183,7 @@ def test_trainer_callback_sees_every_update_and_can_stop():
     seen = []
     result = trainer.train(LinearBackend(), torch.randn(2, 4, 2, 2), [["cat {} dog"]] * 2,
                            trainer.TrainConfig(steps=50, grad_accum=1),
-                           callback=lambda step, total, rec: seen.append((step, total)) or step == 7)
+                           callback=lambda step, total, rec, vectors: seen.append((step, total)) or step == 7)
     assert seen == [(s, 50) for s in range(1, 8)]
     assert result.stopped_early and result.steps_done == 7
 

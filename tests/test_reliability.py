@@ -249,7 +249,8 @@ def toy_exemplars(templates=("a cat {} a dog",)):
 def train_inputs(model, clip, vae, name, **overrides):
     inputs = dict(model=model, clip=clip, vae=vae, exemplars=toy_exemplars(), name=name, steps=1, batch_size=2,
                   grad_accum=1, learning_rate=1e-2, scale_lr=False, weight_decay=1e-2, steering_weight=0.01,
-                  num_positives=4, temperature=0.07, focal_alpha=0.5, init_word="and", seed=1, overwrite=False)
+                  num_positives=4, temperature=0.07, focal_alpha=0.5, init_word="and", seed=1, overwrite=False,
+                  preview_steps=1)
     inputs.update(overrides)
     return inputs
 
