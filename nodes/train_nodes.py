@@ -45,11 +45,13 @@ class TrainRelation:
             "init_word": ("STRING", {"default": d.init_word, "tooltip": "Single-token word whose embedding starts <R> (paper: 'and')."}),
             "seed": ("INT", {"default": d.seed, "min": 0, "max": 2**31 - 1, "tooltip": "Same seed, same result (paper: 2023)."}),
             "overwrite": ("BOOLEAN", {"default": False, "tooltip": "Replace an existing relation file of this name."}),
+        }, "optional": {
+            "memory": (["auto", "fast", "lean"], {"default": "auto", "tooltip": "fast: keep all activations (quickest). lean: recompute the UNet blocks in backward (gradient checkpointing, ~1.4x compute, a fraction of the memory), splitting a micro-batch if needed (same gradient). auto: fast if the estimate fits the free memory ComfyUI reports, else lean; the choice is logged and stored in the relation file."}),
         }}
 
     def train(self, model, clip, vae, exemplars, name, steps, batch_size, grad_accum, learning_rate,
               scale_lr, weight_decay, steering_weight, num_positives, temperature, focal_alpha,
-              init_word, seed, overwrite):
+              init_word, seed, overwrite, memory="auto"):
         path = relation_file.path_in(adapter.embeddings_directory(), name)
         if path.exists() and not overwrite:   # fail before training, not after
             raise relation_file.RelationFileError(
@@ -58,10 +60,10 @@ class TrainRelation:
                              scale_lr=scale_lr, weight_decay=weight_decay, steering_weight=steering_weight,
                              num_positives=num_positives, temperature=temperature, focal_alpha=focal_alpha,
                              init_word=init_word.strip(), seed=seed).check()
-        result = adapter.train_relation(model, clip, vae, exemplars, config, progress_callback(steps))
+        result = adapter.train_relation(model, clip, vae, exemplars, config, progress_callback(steps), memory)
         relation = relation_file.Relation(
             result.vectors, name=relation_file.check_name(name), init_word=config.init_word,
-            steps=result.steps_done, hyperparameters=config.as_dict(),
+            steps=result.steps_done, hyperparameters={**config.as_dict(), "memory": result.memory},
             final_losses={**result.final_losses(), "seconds": round(result.seconds, 1),
                           "exemplars": len(exemplars)},
             nearest_words=adapter.nearest_words(clip, result.vectors))
