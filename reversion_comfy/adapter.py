@@ -286,9 +286,10 @@ class _SplitMicroBatch(torch.autograd.Function):
             for piece, weight in pieces:
                 leaves = [v.detach().requires_grad_(True) for v in vectors]
                 loss = loss_of(piece, leaves) * weight
-                for g, d in zip(grads, torch.autograd.grad(loss, leaves, allow_unused=True)):
-                    if d is not None:
-                        g += d
+                loss.backward()        # not autograd.grad: reentrant checkpointing refuses it
+                for g, leaf in zip(grads, leaves):
+                    if leaf.grad is not None:
+                        g += leaf.grad
                 total += loss.detach().float().to(total.device)
         ctx.save_for_backward(*grads)
         return total
@@ -327,7 +328,7 @@ class MemoryPlan:
 
 class MemoryEstimate:
     """Peak training memory beyond the loaded weights, per mode, from two small probe
-    forwards (latent 16x16 and 32x32, one exemplar) whose saved tensors are counted: a
+    forwards (latent 8x8 and 16x16, one exemplar) whose saved tensors are counted: a
     constant part (e.g. weight cast copies) and a part linear in exemplars x latent pixels
     (activations; linear because attention is SDPA). Text-encoder bytes scale with captions."""
 
@@ -625,6 +626,7 @@ class ComfyBackend:
         self.model, self.clip = model, clip
         self.memory = memory                  # requested: "auto" | "fast" | "lean"
         self.plan: MemoryPlan | None = None
+        self.last_estimate: MemoryEstimate | None = None
         self.guard: SavedTensorGuard | None = None
         self.encoders = text_encoders(clip)
         self.encoder_keys = [e.key for e in self.encoders]
@@ -669,12 +671,12 @@ class ComfyBackend:
         else:
             import comfy.model_management as mm
             probes = {}
-            for size in (16, 32):
-                with self.guard.find_inplace() if size == 16 else contextlib.nullcontext(), \
+            for size in (8, 16):
+                with self.guard.find_inplace() if size == 8 else contextlib.nullcontext(), \
                         self.guard.measuring():
                     self._probe(channels, size, caption)
                 probes[size * size] = self.guard.measured()
-            estimate = MemoryEstimate(probes)
+            estimate = self.last_estimate = MemoryEstimate(probes)
             free = int(mm.get_free_memory(self.device))
         self.plan = choose_memory(self.memory, estimate, free, batch, latents.shape[-2] * latents.shape[-1])
         return self.plan
