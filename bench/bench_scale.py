@@ -294,13 +294,14 @@ def gpu_part(out: Path, tiny: bool = False):
     import tiny_models
     from reversion_comfy import adapter
     cuda = torch.cuda.is_available()
-    cases = [("sd1", 64, 2), ("sdxl", 64, 2)] if tiny else [("sd1", 512, 2), ("sdxl", 1024, 2)]
+    cases = [("sd1", 64, 2)] if tiny else [("sd1", 512, 2), ("sdxl", 1024, 2)]
+    dtypes = (torch.float32, torch.bfloat16) if tiny else (torch.float32, torch.float16, torch.bfloat16)
     builder = tiny_models if tiny else full_models
     report = {"device": torch.cuda.get_device_name() if cuda else "cpu", "tiny": tiny, "rows": []}
     for family, size, batch in cases:
         exemplars = exemplars_for(size, batch)
         grads = {}
-        for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        for dtype in dtypes:
             model, clip, vae = builder.build(family, unet_dtype=dtype)
             for mode in ("fast", "lean"):
                 if cuda:

@@ -328,9 +328,12 @@ class MemoryPlan:
 
 class MemoryEstimate:
     """Peak training memory beyond the loaded weights, per mode, from two small probe
-    forwards (latent 8x8 and 16x16, one exemplar) whose saved tensors are counted: a
+    forwards (latent 8x8, one and two exemplars) whose saved tensors are counted: a
     constant part (e.g. weight cast copies) and a part linear in exemplars x latent pixels
-    (activations; linear because attention is SDPA). Text-encoder bytes scale with captions."""
+    (activations; linear in pixels too because attention is SDPA). Text-encoder bytes:
+    the one-caption probe's, times the captions (conservative: cast copies counted each time).
+
+    `probes`: {exemplars x latent pixels: SavedTensorGuard.measured()}."""
 
     MARGIN, RESERVE = 1.25, 256 * 1024 ** 2
 
@@ -341,7 +344,7 @@ class MemoryEstimate:
             b = max(0.0, (f(m2) - f(m1)) / (p2 - p1))
             return max(0.0, f(m1) - b * p1), b
         blocks = lambda m: [v for k, v in m.items() if k.startswith("block")]
-        self.text = max(m1.get("text", 0), m2.get("text", 0))
+        self.text = m1.get("text", 0)
         self.fast = fit(lambda m: sum(v for k, v in m.items() if k != "text" and not k.startswith("input")))
         self.outside = fit(lambda m: sum(v for k, v in m.items() if k == "other"))
         self.inputs = fit(lambda m: sum(v for k, v in m.items() if k.startswith("input")))
@@ -654,11 +657,13 @@ class ComfyBackend:
             self.guard.close()
 
     # -- memory
-    def _probe(self, channels: int, size: int, caption: str):
+    def _probe(self, channels: int, batch: int, caption: str):
+        """One forward (no backward) of `batch` exemplars at latent 8x8."""
         g = torch.Generator().manual_seed(0)
-        x = torch.randn(1, channels, size, size, generator=g)
+        x = torch.randn(batch, channels, 8, 8, generator=g)
         vectors = {k: v.requires_grad_(True) for k, v in self.initial_vectors("and").items()}
-        return self._loss(vectors, x, [caption], torch.tensor([500]), torch.randn(x.shape, generator=g))
+        return self._loss(vectors, x, [caption] * batch, torch.tensor([500] * batch),
+                          torch.randn(x.shape, generator=g))
 
     def plan_memory(self, latents: torch.Tensor, caption: str, batch: int) -> MemoryPlan:
         """Find where the host needs clones (one small forward) and, unless memory is
@@ -666,16 +671,16 @@ class ComfyBackend:
         channels = latents.shape[1]
         if self.memory == "fast":
             with self.guard.find_inplace():
-                self._probe(channels, 8, caption)
+                self._probe(channels, 1, caption)
             estimate = free = None
         else:
             import comfy.model_management as mm
             probes = {}
-            for size in (8, 16):
-                with self.guard.find_inplace() if size == 8 else contextlib.nullcontext(), \
+            for n in (1, 2):
+                with self.guard.find_inplace() if n == 1 else contextlib.nullcontext(), \
                         self.guard.measuring():
-                    self._probe(channels, size, caption)
-                probes[size * size] = self.guard.measured()
+                    self._probe(channels, n, caption)
+                probes[n * 64] = self.guard.measured()
             estimate = self.last_estimate = MemoryEstimate(probes)
             free = int(mm.get_free_memory(self.device))
         self.plan = choose_memory(self.memory, estimate, free, batch, latents.shape[-2] * latents.shape[-1])
