@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip install --quiet --constraint constraints.txt
 # Test hosts: the two bundled ComfyUI copies, or your own checkout via COMFYUI_PATH.
 HOSTS  := $(or $(COMFYUI_PATH),.hosts/comfyui-new .hosts/comfyui-old)
 
-.PHONY: setup test test-new test-old demo toy-model toy-gate bench clean
+.PHONY: setup test test-new test-old demo toy-model toy-gate bench bench-scale clean
 
 setup: $(VENV)/.ready .hosts/.ready
 
@@ -49,6 +49,12 @@ toy-gate: setup
 
 bench: setup
 	$(PY) bench/bench_train_step.py
+
+# Full-size SD1.5 (random weights) per memory mode vs the paper's procedure, CPU; writes
+# bench/results/scale.json (~15 min on 1 core). GPU part: $(PY) bench/bench_scale.py gpu
+bench-scale: setup
+	$(PY) bench/bench_scale.py cpu
+	$(PY) bench/bench_scale.py estimate
 
 clean:
 	rm -rf $(VENV) .hosts demo_output

@@ -54,6 +54,7 @@ class TrainRelation:
             "init_relation": ("RELATION", {"tooltip": "Optional: start <R> from this relation (e.g. Load Relation) instead of the init word, to train it further."}),
             "preview_every": ("INT", {"default": 100, "min": 0, "max": 100000, "tooltip": "Every N updates, draw the preview prompt with the current <R> and show it on the node beside the loss curve (0 = only the final samples). Sampling time is not counted as training time."}),
             "preview_prompt": ("STRING", {"default": "", "tooltip": "Prompt with <R> for the previews and the samples output; empty = the first exemplar template with <R> in its slot."}),
+            "memory": (["auto", "fast", "lean"], {"default": "auto", "tooltip": "fast: keep all activations (quickest). lean: recompute the UNet blocks in backward (gradient checkpointing, ~1.4x compute, a fraction of the memory), splitting a micro-batch if needed (same gradient). auto: fast if the estimate fits the free memory ComfyUI reports, else lean; the choice is shown on the node and logged."}),
             "preview_steps": ("INT", {"default": 12, "min": 1, "max": 100, "tooltip": "Sampler steps per preview (euler, fixed seed)."}),
         }}
 
@@ -79,7 +80,7 @@ class TrainRelation:
     def train(self, model, clip, vae, exemplars, name, steps, batch_size, grad_accum, learning_rate,
               scale_lr, weight_decay, steering_weight, num_positives, temperature, focal_alpha,
               init_word, seed, overwrite, checkpoint_every=100, resume=False, init_relation=None,
-              preview_every=100, preview_prompt="", preview_steps=12):
+              preview_every=100, preview_prompt="", preview_steps=12, memory="auto"):
         path = relation_file.path_in(adapter.embeddings_directory(), name)
         resume_path = checkpoint.path_for(path)
         # everything that can fail does so before training, not after
@@ -108,10 +109,11 @@ class TrainRelation:
         def preview(vectors):
             return adapter.sample_preview(model, clip, vae, vectors, prompt, seed, preview_steps, size)
         callback = progress_callback(steps, preview if preview_every else None, preview_every)
-        result = adapter.train_relation(model, clip, vae, exemplars, config, callback,
+        result = adapter.train_relation(model, clip, vae, exemplars, config, callback, memory,
                                         checkpointing=keeping, start_relation=init_relation)
         samples = preview(result.vectors)
-        hyperparameters = config.as_dict()
+        # the plan's mode only: its memory figures vary from run to run, the file must not
+        hyperparameters = {**config.as_dict(), "memory": {k: result.memory[k] for k in ("mode", "chunk")}}
         prior_steps = 0
         if init_relation is not None:
             prior_steps = init_relation.steps
@@ -126,7 +128,7 @@ class TrainRelation:
         curve = torch.from_numpy(plot.loss_curve(result.history)).float().div(255).unsqueeze(0)
         train_seconds = result.seconds - callback.preview_seconds
         summary = (f"{result.steps_done} updates in {train_seconds:.1f} s (+{callback.preview_seconds:.1f} s "
-                   f"for {callback.previews} previews); wrote {path.name}")
+                   f"for {callback.previews} previews); {result.memory['mode']} memory; wrote {path.name}")
         return {"ui": {"text": [summary], "train_seconds": [round(train_seconds, 1)]},
                 "result": (relation, curve, samples)}
 

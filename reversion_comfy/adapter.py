@@ -31,7 +31,9 @@ def inplace_safe():
 
     Every tensor that autograd saves for backward and that itself requires grad is cloned
     when saved, so a later `x += ...` cannot invalidate it. Gradients are exact (tested
-    against finite differences); the cost is one copy per saved activation.
+    against finite differences); the cost is one copy per saved activation. Training uses the
+    narrower `SavedTensorGuard` (clones only in the modules that need it); this blanket form
+    is the reference the tests compare it with.
     """
     def pack(t):
         return t.clone() if t.requires_grad else t
@@ -78,6 +80,303 @@ def training_mode():
     """Leave ComfyUI's inference mode and enable grad for the duration of training."""
     with torch.inference_mode(False), torch.enable_grad():
         yield
+
+
+# ---------------------------------------------------------------------- memory strategy
+
+class SavedTensorGuard:
+    """The saved-tensor hooks of a training forward: exact autograd through host code that
+    modifies activations in place, cloning only where that happens, plus byte accounting.
+
+    `find_inplace()` runs one forward with every saved tensor's version recorded together
+    with the module that saved it; the modules whose saved tensors were later modified in
+    place (CLIP's layer norms under `x += ...`, the 2024 UNet's transformer norms) form the
+    clone set. During training only tensors saved inside those modules are cloned;
+    everywhere else autograd keeps its own in-place check, so a host change that adds an
+    in-place op raises instead of silently corrupting gradients.
+    """
+
+    def __init__(self, roots: list[torch.nn.Module]):
+        self.roots = roots
+        self.clone_modules: set[torch.nn.Module] = set()
+        self._clone_depth = 0
+        self._handles = []
+        self._record = None                 # [(tensor, version, module)] while finding
+        self._stack: list[torch.nn.Module] = []
+        self.meter = None                   # {storage ptr: (bytes, region)} while measuring
+        self.region = "other"
+        self._weights = {t.untyped_storage().data_ptr() for r in roots for t in (*r.parameters(), *r.buffers())}
+
+    def pack(self, t):
+        if self.meter is not None and t.untyped_storage().data_ptr() not in self._weights:
+            self.meter.setdefault(t.untyped_storage().data_ptr(), (t.untyped_storage().nbytes(), self.region))
+        if self._record is not None and t.requires_grad:
+            self._record.append((t, t._version, self._stack[-1] if self._stack else None))
+        if self._clone_depth and t.requires_grad:
+            return t.clone()
+        return t
+
+    def hooks(self):
+        return torch.autograd.graph.saved_tensors_hooks(self.pack, lambda t: t)
+
+    @contextlib.contextmanager
+    def find_inplace(self):
+        """Record, for the forward run inside, which modules need their saved tensors cloned."""
+        from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
+        ours = {id(m) for r in self.roots for m in r.modules()}
+
+        def enter(module, args):
+            if id(module) in ours:
+                self._stack.append(module)
+
+        def leave(module, args, out):
+            if id(module) in ours and self._stack and self._stack[-1] is module:
+                self._stack.pop()
+
+        handles = [register_module_forward_pre_hook(enter), register_module_forward_hook(leave)]
+        self._record, self._stack = [], []
+        try:
+            with self.hooks():
+                yield
+        finally:
+            for h in handles:
+                h.remove()
+            found = {m for t, v, m in self._record if m is not None and t._version != v}
+            self._record = None
+            self.watch(self.clone_modules | found)
+
+    def watch(self, modules) -> None:
+        """Clone what `modules` save (instance hooks, removed by `close()`)."""
+        self.close()
+        self.clone_modules = set(modules)
+
+        def enter(module, args):
+            self._clone_depth += 1
+
+        def leave(module, args, out):
+            self._clone_depth -= 1
+
+        for m in self.clone_modules:
+            self._handles += [m.register_forward_pre_hook(enter), m.register_forward_hook(leave)]
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles, self._clone_depth = [], 0
+
+    @contextlib.contextmanager
+    def measuring(self):
+        """Count unique activation storages saved for backward (weights excluded), by region."""
+        self.meter = {}
+        try:
+            yield self
+        finally:
+            pass
+
+    def measured(self) -> dict:
+        out = {}
+        for nbytes, region in (self.meter or {}).values():
+            out[region] = out.get(region, 0) + nbytes
+        self.meter = None
+        return out
+
+
+@contextlib.contextmanager
+def unet_blocks(guard: SavedTensorGuard, checkpoint: bool):
+    """Run the UNet's 25 top-level blocks (input, middle, output) through a wrapper: with
+    `checkpoint`, each block keeps only its inputs for backward and recomputes its forward
+    then (reentrant `torch.utils.checkpoint`, whose saved inputs keep autograd's version
+    check; the recompute runs under the same clone hooks, so the host's in-place code stays
+    exact). The wrapper also labels each block's saved bytes for `guard.measuring()`.
+
+    The host calls `openaimodel.forward_timestep_embed(block, h, emb, context, ...)` once per
+    top-level block in both hosts; nested calls pass through unchanged.
+    """
+    import comfy.ldm.modules.diffusionmodules.openaimodel as om
+    real = om.forward_timestep_embed
+    state = {"depth": 0, "index": 0}
+
+    def uses_grad_inputs(ts, x, emb, context):
+        if x.requires_grad:
+            return True
+        for layer in ts:
+            if isinstance(layer, om.SpatialTransformer) and torch.is_tensor(context) and context.requires_grad:
+                return True
+            if isinstance(layer, om.TimestepBlock) and torch.is_tensor(emb) and emb.requires_grad:
+                return True
+        return False
+
+    def block(ts, x, emb, context=None, *args, **kwargs):
+        if state["depth"] or not torch.is_grad_enabled():
+            return real(ts, x, emb, context, *args, **kwargs)
+        index, state["index"] = state["index"], state["index"] + 1
+        previous, guard.region = guard.region, f"block{index}"
+        if guard.meter is not None:
+            guard.meter[("input", index)] = (x.numel() * x.element_size(), f"input{index}")
+
+        def run(x, emb, context):
+            state["depth"] += 1
+            try:
+                with guard.hooks():
+                    return real(ts, x, emb, context, *args, **kwargs)
+            finally:
+                state["depth"] -= 1
+        try:
+            if checkpoint and uses_grad_inputs(ts, x, emb, context):
+                import torch.utils.checkpoint as ckpt
+                return ckpt.checkpoint(run, x, emb, context, use_reentrant=True, preserve_rng_state=False)
+            return run(x, emb, context)
+        finally:
+            guard.region = previous
+
+    om.forward_timestep_embed = block
+    try:
+        yield
+    finally:
+        om.forward_timestep_embed = real
+
+
+@contextlib.contextmanager
+def memory_efficient_attention():
+    """Route the UNet's attention through PyTorch SDPA for the duration of training, whatever
+    the host was started with: the "math"/split/sub-quadratic paths keep ~3x more tensors for
+    backward. Yields what was done (a sentence for the log)."""
+    import comfy.ldm.modules.attention as attention
+    names = ("optimized_attention", "optimized_attention_masked")
+    sdpa = getattr(attention, "attention_pytorch", None)
+    if sdpa is None or not all(hasattr(attention, n) for n in names) \
+            or not hasattr(torch.nn.functional, "scaled_dot_product_attention"):
+        yield "attention: host default (no attention_pytorch in this ComfyUI)"
+        return
+    saved = {n: getattr(attention, n) for n in names}
+    for n in names:
+        setattr(attention, n, sdpa)
+    try:
+        yield "attention: PyTorch SDPA during training" + \
+            ("" if saved["optimized_attention"] is sdpa else f" (host default {saved['optimized_attention'].__name__})")
+    finally:
+        for n, f in saved.items():
+            setattr(attention, n, f)
+
+
+@contextlib.contextmanager
+def frozen_weights(*modules: torch.nn.Module):
+    """requires_grad False on every host weight while training (a model built outside
+    inference mode would otherwise get full weight gradients); restored after."""
+    flags = [(p, p.requires_grad) for m in modules for p in m.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+class _SplitMicroBatch(torch.autograd.Function):
+    """A micro-batch's loss computed in `chunks` smaller pieces, each backpropagated at once
+    (so only one piece's activations are alive): the returned loss is the micro-batch mean
+    and its backward hands back the summed piece gradients, the same gradient as unsplit."""
+
+    @staticmethod
+    def forward(ctx, loss_of, pieces, *vectors):
+        grads = [torch.zeros_like(v) for v in vectors]
+        total = torch.zeros((), dtype=torch.float32, device=vectors[0].device)
+        with torch.enable_grad():
+            for piece, weight in pieces:
+                leaves = [v.detach().requires_grad_(True) for v in vectors]
+                loss = loss_of(piece, leaves) * weight
+                loss.backward()        # not autograd.grad: reentrant checkpointing refuses it
+                for g, leaf in zip(grads, leaves):
+                    if leaf.grad is not None:
+                        g += leaf.grad
+                total += loss.detach().float().to(total.device)
+        ctx.save_for_backward(*grads)
+        return total
+
+    @staticmethod
+    def backward(ctx, out_grad):
+        return (None, None, *[out_grad * g for g in ctx.saved_tensors])
+
+
+GiB = 1024 ** 3
+
+
+@dataclass
+class MemoryPlan:
+    mode: str              # "fast" | "lean"
+    chunk: int             # exemplars per forward (micro-batch split when < batch)
+    batch: int
+    requested: str
+    needed: dict           # estimated bytes per mode at `batch` ({} if not estimated)
+    free: int | None
+    attention: str = ""
+
+    def describe(self) -> str:
+        split = f", micro-batch of {self.batch} split into pieces of {self.chunk}" if self.chunk < self.batch else ""
+        what = "gradient checkpointing of the UNet blocks" if self.mode == "lean" else "no checkpointing"
+        est = "" if not self.needed else " (estimated " + ", ".join(
+            f"{k} {v / GiB:.2f} GiB" for k, v in self.needed.items()) + \
+            (f"; {self.free / GiB:.2f} GiB free)" if self.free is not None else ")")
+        return f"memory {self.mode} [{self.requested}]: {what}{split}{est}; {self.attention}"
+
+    def as_dict(self) -> dict:
+        return {"mode": self.mode, "requested": self.requested, "chunk": self.chunk, "batch": self.batch,
+                "needed_gib": {k: round(v / GiB, 3) for k, v in self.needed.items()},
+                "free_gib": None if self.free is None else round(self.free / GiB, 3), "attention": self.attention}
+
+
+class MemoryEstimate:
+    """Peak training memory beyond the loaded weights, per mode, from two small probe
+    forwards (latent 8x8, one and two exemplars) whose saved tensors are counted: a
+    constant part (e.g. weight cast copies) and a part linear in exemplars x latent pixels
+    (activations; linear in pixels too because attention is SDPA). Text-encoder bytes:
+    the one-caption probe's, times the captions (conservative: cast copies counted each time).
+
+    `probes`: {exemplars x latent pixels: SavedTensorGuard.measured()}."""
+
+    MARGIN, RESERVE = 1.25, 256 * 1024 ** 2
+
+    def __init__(self, probes: dict):
+        (p1, m1), (p2, m2) = sorted(probes.items())
+
+        def fit(f):
+            b = max(0.0, (f(m2) - f(m1)) / (p2 - p1))
+            return max(0.0, f(m1) - b * p1), b
+        blocks = lambda m: [v for k, v in m.items() if k.startswith("block")]
+        self.text = m1.get("text", 0)
+        self.fast = fit(lambda m: sum(v for k, v in m.items() if k != "text" and not k.startswith("input")))
+        self.outside = fit(lambda m: sum(v for k, v in m.items() if k == "other"))
+        self.inputs = fit(lambda m: sum(v for k, v in m.items() if k.startswith("input")))
+        self.largest = fit(lambda m: max(blocks(m), default=0))
+
+    def needed(self, mode: str, batch: int, pixels: int) -> int:
+        lin = lambda ab: ab[0] + ab[1] * pixels * batch
+        unet = lin(self.fast) if mode == "fast" else lin(self.outside) + lin(self.inputs) + lin(self.largest)
+        return int(self.MARGIN * (unet + self.text * batch) + self.RESERVE)
+
+
+def choose_memory(requested: str, estimate: MemoryEstimate | None, free: int | None, batch: int,
+                  pixels: int) -> MemoryPlan:
+    """fast / lean as asked; auto: fast if it fits in `free`, else lean, splitting the
+    micro-batch into the largest pieces that fit. Refuses (before training) when even lean
+    with one exemplar per forward does not fit."""
+    if requested not in ("auto", "fast", "lean"):
+        raise RelationError(f"memory must be auto, fast or lean, got {requested!r}")
+    needed = {} if estimate is None else {m: estimate.needed(m, batch, pixels) for m in ("fast", "lean")}
+    if requested == "fast" or estimate is None or free is None:
+        return MemoryPlan("lean" if requested == "lean" else "fast", batch, batch, requested, needed, free)
+    if requested == "auto" and needed["fast"] <= free:
+        return MemoryPlan("fast", batch, batch, requested, needed, free)
+    for chunk in range(batch, 0, -1):
+        if estimate.needed("lean", chunk, pixels) <= free:
+            return MemoryPlan("lean", chunk, batch, requested, needed, free)
+    one = estimate.needed("lean", 1, pixels)
+    raise RelationError(
+        f"not enough memory to train: even memory=lean with one exemplar per forward needs about "
+        f"{one / GiB:.2f} GiB beyond the loaded weights, and {free / GiB:.2f} GiB is free "
+        f"(fast at batch {batch}: {needed['fast'] / GiB:.2f} GiB). Use smaller exemplar images "
+        f"(Load Exemplars 'size'), close other models/applications, or use a smaller model")
 
 
 # ----------------------------------------------------------------------- model sampling
@@ -344,8 +643,12 @@ class ComfyBackend:
 
     placeholder_text = STANDIN
 
-    def __init__(self, model, clip):
+    def __init__(self, model, clip, memory: str = "fast"):
         self.model, self.clip = model, clip
+        self.memory = memory                  # requested: "auto" | "fast" | "lean"
+        self.plan: MemoryPlan | None = None
+        self.last_estimate: MemoryEstimate | None = None
+        self.guard: SavedTensorGuard | None = None
         self.encoders = text_encoders(clip)
         self.encoder_keys = [e.key for e in self.encoders]
         self.by_key = {e.key: e for e in self.encoders}
@@ -364,6 +667,42 @@ class ComfyBackend:
         de_inference(self.model.model)
         de_inference(self.ms)
         de_inference(self.clip.cond_stage_model)
+        self.guard = SavedTensorGuard([self.model.model, self.clip.cond_stage_model])
+
+    def close(self) -> None:
+        """Remove the clone hooks this backend put on host modules."""
+        if self.guard is not None:
+            self.guard.close()
+
+    # -- memory
+    def _probe(self, channels: int, batch: int, caption: str):
+        """One forward (no backward) of `batch` exemplars at latent 8x8."""
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(batch, channels, 8, 8, generator=g)
+        vectors = {k: v.requires_grad_(True) for k, v in self.initial_vectors("and").items()}
+        return self._loss(vectors, x, [caption] * batch, torch.tensor([500] * batch),
+                          torch.randn(x.shape, generator=g))
+
+    def plan_memory(self, latents: torch.Tensor, caption: str, batch: int) -> MemoryPlan:
+        """Find where the host needs clones (one small forward) and, unless memory is
+        "fast", estimate each mode's peak and choose (see `choose_memory`)."""
+        channels = latents.shape[1]
+        if self.memory == "fast":
+            with self.guard.find_inplace():
+                self._probe(channels, 1, caption)
+            estimate = free = None
+        else:
+            import comfy.model_management as mm
+            probes = {}
+            for n in (1, 2):
+                with self.guard.find_inplace() if n == 1 else contextlib.nullcontext(), \
+                        self.guard.measuring():
+                    self._probe(channels, n, caption)
+                probes[n * 64] = self.guard.measured()
+            estimate = self.last_estimate = MemoryEstimate(probes)
+            free = int(mm.get_free_memory(self.device))
+        self.plan = choose_memory(self.memory, estimate, free, batch, latents.shape[-2] * latents.shape[-1])
+        return self.plan
 
     # -- text side
     def initial_vectors(self, word: str) -> dict[str, torch.Tensor]:
@@ -421,6 +760,32 @@ class ComfyBackend:
                 stack.enter_context(injected_token(e.module, self.standin_ids[e.key], vectors[e.key]))
             return self.clip.encode_from_tokens(self._tokenize(caption), return_pooled=True)
 
+    def encode_batch(self, vectors: dict[str, torch.Tensor], captions: list[str]):
+        """All captions in ONE text-encoder call (cast copies of fp16 weights are then saved
+        for backward once, not once per caption): each caption goes in as one 77-token
+        chunk, the host encodes the chunks as a batch and concatenates them along the token
+        axis; we cut that back into rows. The per-row pooled output (SDXL's `y`) is read
+        from the encoder's own batched output (the host keeps only the first row)."""
+        tokens: dict[str, list] = {}
+        for caption in captions:
+            for key, chunks in self._tokenize(caption).items():
+                tokens.setdefault(key, []).extend(chunks)
+        outputs: dict[str, tuple] = {}
+        with contextlib.ExitStack() as stack:
+            for e in self.encoders:
+                stack.enter_context(injected_token(e.module, self.standin_ids[e.key], vectors[e.key]))
+                stack.enter_context(_recording_encode(e.module, outputs, e.key))
+            cond, pooled = self.clip.encode_from_tokens(tokens, return_pooled=True)
+        n = len(captions)
+        cond = cond.reshape(n, cond.shape[1] // n, cond.shape[-1])
+        if pooled is not None:
+            rows = [o[1][:n] for o in outputs.values() if o[1] is not None and o[1].shape[-1] == pooled.shape[-1]
+                    and torch.equal(o[1][:1].to(pooled), pooled)]
+            if not rows:
+                raise RuntimeError("could not find the text encoder that produced the pooled output")
+            pooled = rows[0].to(pooled)
+        return cond, pooled
+
     # -- denoiser side
     def model_conds(self, cond: torch.Tensor, pooled, x: torch.Tensor) -> dict:
         out = self.model.model.extra_conds(cross_attn=cond, pooled_output=pooled, device=x.device, noise=x,
@@ -429,18 +794,54 @@ class ComfyBackend:
         # sampler moves them later, so we move them here
         return {k: v.cond.to(x.device) if torch.is_tensor(v.cond) else v.cond for k, v in out.items()}
 
-    def denoising_loss(self, vectors, latents, captions, timesteps, noise) -> torch.Tensor:
-        with inplace_safe():
-            encoded = [self.encode(vectors, c) for c in captions]
-            cond = torch.cat([c for c, _ in encoded]).to(self.device)
-            pooled = None if encoded[0][1] is None else torch.cat([p for _, p in encoded]).to(self.device)
+    def _loss(self, vectors, latents, captions, timesteps, noise, lean: bool = False) -> torch.Tensor:
+        guard = self.guard
+        with guard.hooks(), unet_blocks(guard, checkpoint=lean):
+            guard.region = "text"
+            cond, pooled = self.encode_batch(vectors, captions)
+            guard.region = "other"
+            cond = cond.to(self.device)
+            pooled = None if pooled is None else pooled.to(self.device)
             x0 = self.model.model.process_latent_in(latents.to(self.device))
             noise = noise.to(x0)
             sigma = sigma_for_timestep(self.ms, timesteps.to(self.device)).to(x0)
             x = noisy_latent(x0, noise, sigma)
             denoised = self.model.model.apply_model(x, sigma, **self.model_conds(cond, pooled, x))
-        pred, target = prediction_and_target(self.ms, x, x0, noise, sigma, denoised)
-        return torch.nn.functional.mse_loss(pred.float(), target.float())
+            pred, target = prediction_and_target(self.ms, x, x0, noise, sigma, denoised)
+            return torch.nn.functional.mse_loss(pred.float(), target.float())
+
+    def denoising_loss(self, vectors, latents, captions, timesteps, noise) -> torch.Tensor:
+        """The micro-batch's denoising loss; memory strategy per `self.plan` (lean:
+        checkpointed UNet blocks, and the micro-batch split into pieces if needed: the
+        gradient is the same either way)."""
+        if self.plan is None:
+            self.plan_memory(latents, captions[0], len(captions))
+        lean, n, chunk = self.plan.mode == "lean", len(captions), self.plan.chunk
+        if chunk >= n:
+            return self._loss(vectors, latents, captions, timesteps, noise, lean)
+        keys = list(vectors)
+        pieces = [(slice(i, min(i + chunk, n)), (min(i + chunk, n) - i) / n) for i in range(0, n, chunk)]
+
+        def loss_of(piece, leaves):
+            return self._loss(dict(zip(keys, leaves)), latents[piece], captions[piece], timesteps[piece],
+                              noise[piece], lean)
+        return _SplitMicroBatch.apply(loss_of, pieces, *[vectors[k] for k in keys])
+
+
+@contextlib.contextmanager
+def _recording_encode(module, outputs: dict, key: str):
+    """Keep the batched (tokens, pooled) output of one SDClipModel's `encode` call."""
+    real = module.encode
+
+    def encode(tokens):
+        out = real(tokens)
+        outputs[key] = out
+        return out
+    module.encode = encode
+    try:
+        yield
+    finally:
+        del module.encode
 
 
 def sample_preview(model, clip, vae, vectors: dict[str, torch.Tensor], prompt: str, seed: int, steps: int,
@@ -490,25 +891,38 @@ def embeddings_directory() -> str:
     return chosen
 
 
-def train_relation(model, clip, vae, exemplars, config, callback=None, checkpointing=None, start_relation=None):
+def train_relation(model, clip, vae, exemplars, config, callback=None, memory: str = "auto",
+                   checkpointing=None, start_relation=None):
     """Encode the exemplars once, then run the ReVersion loop on the host's model.
 
-    Returns the `reversion.trainer.TrainResult`. Host weights are not modified: they are
-    only re-wrapped as normal (non-inference) tensors with the same values. `start_relation`
+    Returns the `reversion.trainer.TrainResult`, with `.memory` = the memory plan used
+    (`memory`: "auto", "fast" or "lean", see `choose_memory`). Host weights are not
+    modified: they are only re-wrapped as normal (non-inference) tensors with the same
+    values, and their requires_grad flags are restored after training. `start_relation`
     (a Relation for this CLIP) replaces the init word's embedding as the starting point.
     """
-    if start_relation is not None:
-        check_family(start_relation, text_encoders(clip))
+    import logging
+
     import comfy.model_management as mm
     from reversion import trainer
+    if start_relation is not None:
+        check_family(start_relation, text_encoders(clip))
     with training_mode():
-        backend = ComfyBackend(model, clip)
+        backend = ComfyBackend(model, clip, memory)
         backend.check_templates(exemplars.templates)     # fail in seconds, not after an hour
         latents = vae_encode(vae, exemplars.images, config.seed)
         backend.prepare()
         try:
-            return trainer.train(backend, latents, exemplars.templates, config, callback,
-                                 interrupt=check_interrupted, checkpointing=checkpointing,
-                                 start_vectors=start_relation.vectors if start_relation is not None else None)
+            with frozen_weights(model.model, clip.cond_stage_model), memory_efficient_attention() as attention:
+                caption = exemplars.templates[0][0].replace("{}", STANDIN)
+                plan = backend.plan_memory(latents, caption, config.batch_size)
+                plan.attention = attention
+                logging.info("ReVersion Train Relation: %s", plan.describe())
+                result = trainer.train(backend, latents, exemplars.templates, config, callback,
+                                       interrupt=check_interrupted, checkpointing=checkpointing,
+                                       start_vectors=start_relation.vectors if start_relation is not None else None)
+                result.memory = plan.as_dict()
+                return result
         finally:
+            backend.close()
             mm.soft_empty_cache()

@@ -1,0 +1,352 @@
+"""Full-size SD memory and speed per memory mode, and the ratio to the paper's procedure.
+
+    python bench/bench_scale.py                 # or: make bench-scale  (CPU, ~15 min on 1 core)
+    python bench/bench_scale.py gpu             # on a CUDA machine (not run yet: see BENCHMARKS.md)
+    python bench/bench_scale.py gpu --tiny      # the GPU part on tiny models, runs anywhere (tested)
+
+CPU part (writes bench/results/scale.json): full-size SD1.5 (random weights, ComfyUI's own
+classes: tests/full_models.py) at 256 px, micro-batch 2 x 4 accumulation, fp32, 1 thread:
+- per memory mode (fast, lean, lean split 2 -> 1 + 1): peak resident memory above the
+  loaded weights during one update (Linux VmHWM, reset via /proc/self/clear_refs before
+  the update), the adapter's own estimate, seconds per micro-batch, FLOPs per update
+  (torch.utils.flop_counter.FlopCounterMode over one micro-batch, x 4);
+- the reference: the paper's per-update procedure re-implemented here (fp32, exemplars
+  VAE-encoded again every micro-batch, the whole token table trainable with every other row
+  restored after the step, one caption per text-encoder call, every saved tensor cloned),
+  on the same model, seed, exemplars and random draws: its losses must equal ours, and the
+  time ratio ours/reference is reported.
+
+GPU part: SD1.5 512 px and SDXL 1024 px, 2 x 4, UNet weights fp16 and bf16, each mode:
+torch.cuda.max_memory_allocated per micro-batch, seconds per micro-batch, and the cosine of
+the <R> gradient to the fp32 model's gradient on the same micro-batch.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import re
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+GiB = 1024 ** 3
+
+
+# --------------------------------------------------------------------------- measuring
+
+def rss_peak_reset() -> int:
+    """Reset the process's peak RSS to the current RSS; returns the current RSS (bytes)."""
+    Path("/proc/self/clear_refs").write_text("5")
+    return _status("VmRSS")
+
+
+def rss_peak() -> int:
+    return _status("VmHWM")
+
+
+def _status(field: str) -> int:
+    return int(re.search(rf"{field}:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)) * 1024
+
+
+def count_flops(fn) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def exemplars_for(size: int, n: int = 2):
+    from reversion import exemplars as ex
+    g = torch.Generator().manual_seed(11)
+    return ex.Exemplars(torch.rand(n, size, size, 3, generator=g),
+                        [["a cat {} a dog", "a photo of a cat {} a dog", "cat {} dog"]] * n)
+
+
+# ------------------------------------------------------------------ the paper's procedure
+
+def reference_train(model, clip, vae, exemplars, config):
+    """The paper's per-update procedure, written independently of reversion/trainer.py
+    but drawing the same random numbers in the same order (so the losses must agree):
+    every micro-batch re-encodes its exemplars with the VAE; the text encoder's whole token
+    table is the trainable parameter (the relation token's row starts as the init word's),
+    AdamW steps the table and every other row is restored after the step; captions are
+    encoded one at a time; every saved activation is cloned (the blanket in-place guard);
+    no checkpointing. Returns (per-update losses, seconds)."""
+    from reversion import steering, timesteps
+    from reversion_comfy import adapter
+    from reversion.trainer import _exemplar_stream
+    with adapter.training_mode():
+        backend = adapter.ComfyBackend(model, clip, "fast")
+        backend.prepare()
+        (enc,) = backend.encoders
+        table = enc.table
+        original = table.detach().clone()
+        rid = backend.standin_ids[enc.key]
+        init = enc.single_id(config.init_word, "init word")
+        with torch.no_grad():
+            table[rid] = table[init]
+        table.requires_grad_(True)
+        vocab = backend.steering_vocabulary(enc.key)
+        gen = torch.Generator().manual_seed(config.seed)
+        rng = random.Random(config.seed)
+        sampler = timesteps.FocalTimestepSampler(config.focal_alpha, generator=gen)
+        opt = torch.optim.AdamW([table], lr=config.lr, betas=tuple(config.adam_betas), eps=config.adam_eps,
+                                weight_decay=config.weight_decay)
+        order = _exemplar_stream(len(exemplars.templates), gen)
+        keep = torch.ones(table.shape[0], dtype=torch.bool)
+        keep[rid] = False
+        history, start = [], time.perf_counter()
+        try:
+            with adapter.memory_efficient_attention():
+                for _ in range(config.steps):
+                    total = 0.0
+                    for _ in range(config.grad_accum):
+                        idx = [next(order) for _ in range(config.batch_size)]
+                        captions = [rng.choice(exemplars.templates[i]).replace("{}", adapter.STANDIN) for i in idx]
+                        words = [steering.sample_positive_words(rng, config.num_positives) for _ in idx]
+                        latents = adapter.vae_encode(vae, exemplars.images, config.seed)[idx]   # every micro-batch
+                        t = sampler.sample(len(idx))
+                        noise = torch.randn(latents.shape, generator=gen)
+                        with adapter.inplace_safe():
+                            encoded = [clip.encode_from_tokens(backend._tokenize(c), return_pooled=True)
+                                       for c in captions]
+                            cond = torch.cat([c for c, _ in encoded])
+                            x0 = model.model.process_latent_in(latents)
+                            sigma = adapter.sigma_for_timestep(backend.ms, t)
+                            x = adapter.noisy_latent(x0, noise, sigma)
+                            denoised = model.model.apply_model(x, sigma, **backend.model_conds(cond, None, x))
+                        pred, target = adapter.prediction_and_target(backend.ms, x, x0, noise, sigma, denoised)
+                        denoise = torch.nn.functional.mse_loss(pred, target)
+                        pos = table[torch.tensor(vocab.positive_ids(words))]
+                        neg = table[torch.tensor(vocab.negative_ids([enc.content_ids(c) for c in captions]))]
+                        steer = steering.steering_loss(table[rid], pos, neg, config.temperature)
+                        loss = denoise + config.steering_weight * steer
+                        (loss / config.grad_accum).backward()
+                        total += float(loss) / config.grad_accum
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+                    with torch.no_grad():
+                        table[keep] = original[keep]
+                    history.append(total)
+        finally:
+            table.requires_grad_(False)
+            with torch.no_grad():
+                table.copy_(original)
+    return history, time.perf_counter() - start
+
+
+# ------------------------------------------------------------------------------ CPU part
+
+def cpu_part(size: int, out: Path, family: str = "sd1", updates: int = 2):
+    import full_models
+    from reversion.trainer import TrainConfig
+    from reversion_comfy import adapter
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    model, clip, vae = full_models.build(family, full_vae=True)
+    built = time.perf_counter() - t0
+    exemplars = exemplars_for(size)
+    cfg = lambda steps, accum=4: TrainConfig(steps=steps, batch_size=2, grad_accum=accum, seed=2023)
+    weights_gib = sum(full_models.parameter_count(m) * 4 for m in (model.model, clip.cond_stage_model)) / GiB
+    report = {"model": f"full-size {family} (random weights), {size} px, fp32, micro-batch 2 x 4",
+              "torch": torch.__version__, "threads": torch.get_num_threads(),
+              "cpu": platform.processor() or platform.machine(), "build_seconds": round(built, 1),
+              "weights_gib": round(weights_gib, 2),
+              "memory_measure": "peak RSS above the RSS before the update (VmHWM reset via /proc/self/clear_refs)",
+              "modes": {}}
+
+    def run(memory, steps, split=None):
+        if split:   # force the split through the estimate: pretend only the lean piece of `split` fits
+            real = adapter.choose_memory
+            adapter.choose_memory = lambda req, est, free, batch, px: real(
+                req, est, est.needed("lean", split, px) + 1, batch, px)
+        try:
+            with torch.inference_mode():
+                base = rss_peak_reset()
+                result = adapter.train_relation(model, clip, vae, exemplars, cfg(steps), memory=memory)
+                peak = rss_peak() - base
+        finally:
+            if split:
+                adapter.choose_memory = real
+        return result, peak
+
+    ours, peak = run("auto", updates)        # auto: also reports the estimates; asserts it chose fast
+    assert ours.memory["mode"] == "fast", ours.memory
+    rows = {"fast": (ours, peak)}
+    for name, memory, split in (("lean", "lean", None), ("lean, split 2 -> 1+1", "lean", 1)):
+        rows[name] = run(memory, 1, split)
+    for name, (result, peak) in rows.items():
+        mode = result.memory["mode"] if "split" not in name else "lean"
+        flops = count_flops(lambda: run_micro_batch(model, clip, vae, exemplars, mode, result.memory["chunk"]))
+        report["modes"][name] = {
+            "plan": result.memory, "peak_gib": round(peak / GiB, 3),
+            "estimate_gib": result.memory["needed_gib"].get(mode) if result.memory["chunk"] == 2 else None,
+            "seconds_per_micro_batch": round(result.seconds / result.steps_done / 4, 2),
+            "tflops_per_update": round(4 * flops / 1e12, 3)}
+        print(name, report["modes"][name], flush=True)
+
+    with torch.inference_mode():
+        base = rss_peak_reset()
+        ref_losses, ref_seconds = reference_train(model, clip, vae, exemplars, cfg(updates))
+        ref_peak = rss_peak() - base
+    ref_flops = count_flops(lambda: reference_train(model, clip, vae, exemplars, cfg(1, accum=1)))
+    our_losses = [r["loss"] for r in ours.history]
+    report["reference"] = {
+        "losses": ref_losses, "our_losses": our_losses,
+        "max_loss_diff": max(abs(a - b) for a, b in zip(ref_losses, our_losses)),
+        "peak_gib": round(ref_peak / GiB, 3), "seconds_per_micro_batch": round(ref_seconds / updates / 4, 2),
+        "tflops_per_update": round(4 * ref_flops / 1e12, 3),
+        "time_ratio_ours_fast_over_reference": round(ours.seconds / ref_seconds, 3)}
+    print("reference", report["reference"], flush=True)
+    report["auto_choice"] = auto_table(ours.memory, size)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
+    print(f"wrote {out}")
+    return report
+
+
+def run_micro_batch(model, clip, vae, exemplars, mode, chunk):
+    """One micro-batch of 2 (forward + backward) through the adapter in `mode`."""
+    from reversion_comfy import adapter
+    with torch.inference_mode(), adapter.training_mode():
+        backend = adapter.ComfyBackend(model, clip, "fast")
+        backend.prepare()
+        with adapter.frozen_weights(model.model, clip.cond_stage_model), adapter.memory_efficient_attention():
+            latents = adapter.vae_encode(vae, exemplars.images, 0)
+            backend.plan_memory(latents, "a cat ohwx a dog", 2)
+            backend.plan = adapter.MemoryPlan(mode, chunk, 2, mode, {}, None)
+            vectors = {k: torch.nn.Parameter(v) for k, v in backend.initial_vectors("and").items()}
+            g = torch.Generator().manual_seed(0)
+            loss = backend.denoising_loss(vectors, latents, ["a cat ohwx a dog"] * 2, torch.tensor([500, 900]),
+                                          torch.randn(latents.shape, generator=g))
+            loss.backward()
+        backend.close()
+    return vectors
+
+
+def auto_table(memory: dict, size: int) -> dict:
+    """What auto would choose with 8/12/16/24 GiB free, from this run's estimate (which
+    scales to other sizes only through the estimate's linear model: indicative)."""
+    need = memory["needed_gib"]
+    out = {}
+    for free in (8, 12, 16, 24):
+        out[f"{free} GiB"] = "fast" if need["fast"] <= free else ("lean" if need["lean"] <= free else "lean+split/refuse")
+    return {"at": f"{size} px, micro-batch 2", "needed_gib": need, "choice": out}
+
+
+# ----------------------------------------------------------------- the auto choice, GPU sizes
+
+def estimate_part(out: Path):
+    """The adapter's memory estimate (two probe forwards) for SD1.5 at 512 px and SDXL at
+    1024 px, micro-batch 2, UNet weights fp16 computing in fp16 (no manual cast, as on a
+    GPU), CLIP fp32; and what auto would choose with 8/12/16/24 GiB cards, where free =
+    card - weights - 1 GiB (ComfyUI's own reserve and the CUDA context; an assumption)."""
+    import full_models
+    from reversion_comfy import adapter
+    torch.set_num_threads(1)
+    report = {"assumption": "free = card - weights - 1 GiB; estimates from CPU probes in fp16 (UNet) / fp32 (CLIP)",
+              "models": {}}
+    for family, size in (("sd1", 512), ("sdxl", 1024)):
+        model, clip, vae = full_models.build(family, unet_dtype=torch.float16)
+        weights = sum(p.numel() * p.element_size() for m in (model.model, clip.cond_stage_model)
+                      for p in m.parameters())
+        with torch.inference_mode(), adapter.training_mode():
+            backend = adapter.ComfyBackend(model, clip, "auto")
+            backend.prepare()
+            with adapter.frozen_weights(model.model, clip.cond_stage_model), adapter.memory_efficient_attention():
+                latents = torch.zeros(2, 4, size // 8, size // 8)
+                backend.plan_memory(latents, "a cat ohwx a dog", 2)
+            backend.close()
+        needed = backend.plan.needed
+        row = {"size": size, "weights_gib": round(weights / GiB, 2),
+               "needed_gib": {k: round(v / GiB, 2) for k, v in needed.items()},
+               "lean_one_exemplar_gib": None, "choice": {}}
+        estimate = backend.last_estimate
+        row["lean_one_exemplar_gib"] = round(estimate.needed("lean", 1, (size // 8) ** 2) / GiB, 2)
+        for card in (8, 12, 16, 24):
+            free = int((card - 1) * GiB - weights)
+            try:
+                plan = adapter.choose_memory("auto", estimate, free, 2, (size // 8) ** 2)
+                row["choice"][f"{card} GiB"] = plan.mode + (f" (pieces of {plan.chunk})" if plan.chunk < 2 else "")
+            except adapter.RelationError:
+                row["choice"][f"{card} GiB"] = "refused before training"
+        report["models"][family] = row
+        print(family, row, flush=True)
+        del model, clip, vae, backend
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
+    return report
+
+
+# ------------------------------------------------------------------------------ GPU part
+
+def gpu_part(out: Path, tiny: bool = False):
+    """fp16/bf16 memory, speed and gradient fidelity per mode (CUDA; `tiny`: tiny models on
+    whatever device ComfyUI picked, small images, to test this code)."""
+    import full_models
+    import tiny_models
+    from reversion_comfy import adapter
+    cuda = torch.cuda.is_available()
+    cases = [("sd1", 64, 2)] if tiny else [("sd1", 512, 2), ("sdxl", 1024, 2)]
+    dtypes = (torch.float32, torch.bfloat16) if tiny else (torch.float32, torch.float16, torch.bfloat16)
+    builder = tiny_models if tiny else full_models
+    report = {"device": torch.cuda.get_device_name() if cuda else "cpu", "tiny": tiny, "rows": []}
+    for family, size, batch in cases:
+        exemplars = exemplars_for(size, batch)
+        grads = {}
+        for dtype in dtypes:
+            model, clip, vae = builder.build(family, unet_dtype=dtype)
+            for mode in ("fast", "lean"):
+                if cuda:
+                    torch.cuda.empty_cache()
+                    torch.cuda.reset_peak_memory_stats()
+                t = time.perf_counter()
+                vectors = run_micro_batch(model, clip, vae, exemplars, mode, batch)
+                if cuda:
+                    torch.cuda.synchronize()
+                row = {"family": family, "size": size, "dtype": str(dtype).split(".")[-1], "mode": mode,
+                       "seconds_per_micro_batch": round(time.perf_counter() - t, 3),
+                       "max_memory_allocated_gib": round(torch.cuda.max_memory_allocated() / GiB, 3) if cuda else None}
+                grads[(dtype, mode)] = {k: v.grad.detach().float().cpu() for k, v in vectors.items()}
+                if dtype is not torch.float32:
+                    ref = grads[(torch.float32, mode)]
+                    row["grad_cosine_to_fp32"] = {k: round(float(torch.nn.functional.cosine_similarity(
+                        g.flatten(), ref[k].flatten(), dim=0)), 5) for k, g in grads[(dtype, mode)].items()}
+                report["rows"].append(row)
+                print(row, flush=True)
+            del model, clip, vae
+            import comfy.model_management as mm
+            mm.unload_all_models()
+            mm.soft_empty_cache()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
+    return report
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("part", nargs="?", default="cpu", choices=["cpu", "estimate", "gpu"])
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--family", default="sd1")
+    p.add_argument("--tiny", action="store_true")
+    p.add_argument("--out", type=Path)
+    args = p.parse_args()
+    from reversion_comfy import standalone
+    standalone.import_comfy("cpu" if args.part == "cpu" or not torch.cuda.is_available() else "cuda")
+    if args.part == "cpu":
+        cpu_part(args.size, args.out or REPO / "bench" / "results" / "scale.json", args.family)
+    elif args.part == "estimate":
+        estimate_part(args.out or REPO / "bench" / "results" / "scale_estimates.json")
+    else:
+        gpu_part(args.out or REPO / "bench" / "results" / f"scale_gpu{'_tiny' if args.tiny else ''}.json", args.tiny)
+
+
+if __name__ == "__main__":
+    main()
