@@ -118,8 +118,22 @@ def save(relation: Relation, path: str | Path, overwrite: bool = False) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     safetensors.torch.save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
+    os.chmod(tmp, 0o666 & ~_umask())      # safetensors writes 0600; give the file the usual mode
     os.replace(tmp, path)
     return path
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask would, for every thread)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _single_key(width: int) -> str:
