@@ -70,4 +70,6 @@ def run_node(host, node_name, method, **inputs):
     """Call a node's function the way the executor does: under inference mode."""
     node = host.node(node_name)
     with torch.inference_mode():
-        return getattr(node, method)(**inputs)
+        out = getattr(node, method)(**inputs)
+    # {"ui": ..., "result": (...)} returns: the executor passes on "result", so do the same
+    return out["result"] if isinstance(out, dict) and "result" in out else out
