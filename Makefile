@@ -36,7 +36,7 @@ test-new: setup
 test-old: setup
 	COMFYUI_PATH=.hosts/comfyui-old $(PY) -m pytest -q tests
 
-# Headless ComfyUI runs workflows/toyworld_demo.json; writes demo_output/grid.png + report.json
+# Headless ComfyUI runs workflows_api/toyworld_demo.json; writes demo_output/grid.png + report.json
 demo: setup
 	$(PY) scripts/demo.py
 

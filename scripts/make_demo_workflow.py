@@ -1,4 +1,4 @@
-"""Write workflows/toyworld_demo.json: the demo graph, in ComfyUI's API format.
+"""Write workflows_api/toyworld_demo.json: the demo graph, in ComfyUI's API format.
 
     python scripts/make_demo_workflow.py [--relation above]
 
@@ -89,7 +89,7 @@ def _objects(text: str) -> tuple[str, str]:
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--relation", default="above", choices=scenes.RELATIONS)
-    p.add_argument("--out", default=str(REPO / "workflows" / "toyworld_demo.json"))
+    p.add_argument("--out", default=str(REPO / "workflows_api" / "toyworld_demo.json"))
     args = p.parse_args()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(build(args.relation), indent=1) + "\n")
