@@ -52,7 +52,7 @@ class SaveRelation:
     def save(self, relation, name, overwrite):
         path = rf.path_in(adapter.embeddings_directory(), name)
         rf.save(relation, path, overwrite=overwrite)
-        text = f"saved {path.name} - use embedding:{path.stem} or Load Relation"
+        text = f"saved {path.name} (embedding:{path.stem})"
         logging.getLogger("ReVersion").info("[ReVersion] Save Relation: wrote %s", path)
         return {"ui": {"text": [text]}}
 

@@ -84,8 +84,8 @@ class TrainRelation:
             nearest_words=adapter.nearest_words(clip, result.vectors))
         relation_file.save(relation, path, overwrite=overwrite)
         losses = result.final_losses()
-        summary = (f"saved {path.name} ({result.steps_done} updates, {format_seconds(result.seconds)}); "
-                   f"use embedding:{relation.name} or Load Relation. Final loss {losses.get('loss', float('nan')):.4g}")
+        summary = (f"saved {path.name} (embedding:{relation.name}): {result.steps_done} updates, "
+                   f"{format_seconds(result.seconds)}, loss {losses.get('loss', float('nan')):.3g}")
         log.info("[ReVersion] %s", summary)
         curve = torch.from_numpy(plot.loss_curve(result.history)).float().div(255).unsqueeze(0)
         return {"ui": {"text": [summary]}, "result": (relation, curve)}
@@ -127,7 +127,9 @@ def progress_callback(total: int, log_every: int | None = None):
             if step % log_every == 0 or step == total:
                 log.info("[ReVersion] %s", line)
             if step % every == 0 or step == total:
-                preview = ("PNG", Image.fromarray(plot.loss_curve(history, status=line)), 512)
+                elapsed = time.monotonic() - start
+                short = f"update {step}/{total}, {format_seconds(elapsed / step * (total - step))} left"
+                preview = ("PNG", Image.fromarray(plot.loss_curve(history, status=short)), 512)
         bar.update_absolute(step, total, preview)
     return callback
 

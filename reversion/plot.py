@@ -73,8 +73,17 @@ def loss_curve(history: list[dict], width: int = 640, height: int = 480, smooth:
     draw = ImageDraw.Draw(img)
     keys = [k for k in COLOURS if history and k in history[0]]
     line_h = big.getbbox("Ag")[3] + 6
-    legend_rows = 1
     left, right = int(width * 0.14), width - 14
+    # legend entries, wrapped into rows that fit the picture
+    entries, rows, x = [], 0, left
+    for k in keys:
+        label = f"{LABELS[k]} {float(history[-1][k]):.3g}"   # replaced by the smoothed value below
+        w = 24 + draw.textlength(label + "0", font=big) + 18
+        if x + w > width - 4 and x > left:
+            rows, x = rows + 1, left
+        entries.append((k, x, rows))
+        x += w
+    legend_rows = rows + 1 if keys else 1
     top = 10 + line_h * legend_rows + 6
     bottom = height - 2 * line_h - (line_h if status else 0) - 4
     if not history or not keys:
@@ -120,7 +129,8 @@ def loss_curve(history: list[dict], width: int = 640, height: int = 480, smooth:
     draw.rectangle([left, top, right, bottom], outline=(120, 120, 120))
     draw.text(((left + right) / 2 - draw.textlength("update", font=small) / 2, bottom + line_h),
               "update", fill=(60, 60, 60), font=small)
-    draw.text((4, top - line_h), "loss (log)", fill=(60, 60, 60), font=small)
+    draw.text((4, top - line_h + 4), "loss", fill=(60, 60, 60), font=small)
+    draw.text((4, top - line_h // 2 + 6), "(log)", fill=(60, 60, 60), font=small)
 
     # raw series faint, smoothed bold
     for k in keys:
@@ -134,13 +144,12 @@ def loss_curve(history: list[dict], width: int = 640, height: int = 480, smooth:
             y = y_of(raw[k][0])
             draw.ellipse([xs[0] - 4, y - 4, xs[0] + 4, y + 4], fill=colour)
 
-    # legend: one row above the plot, last smoothed value of each series
-    x = left
-    for k in keys:
+    # legend above the plot: last smoothed value of each series
+    for k, x, row in entries:
         label = f"{LABELS[k]} {smoothed[k][-1]:.3g}"
-        draw.rectangle([x, 10 + line_h // 2 - 3, x + 18, 10 + line_h // 2 + 3], fill=COLOURS[k])
-        draw.text((x + 24, 10), label, fill=COLOURS[k], font=big)
-        x += 24 + draw.textlength(label, font=big) + 18
+        y = 10 + row * line_h
+        draw.rectangle([x, y + line_h // 2 - 3, x + 18, y + line_h // 2 + 3], fill=COLOURS[k])
+        draw.text((x + 24, y), label, fill=COLOURS[k], font=big)
     if status:
         draw.text((left, height - line_h - 2), status, fill=(60, 60, 60), font=small)
     return np.array(img)

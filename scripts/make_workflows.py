@@ -98,7 +98,8 @@ def train_workflow(info: dict, key: str) -> dict:
     g.link(ex, "images", ex_preview, "images")
     g.group("2. Exemplars", [ex, ex_preview], COLOURS["data"])
 
-    train = g.node("ReVersionTrainRelation", (1040, 80), (400, 600), name=RELATION, **m["train"])
+    # tall: the live loss-curve preview (with the time left) is drawn below the widgets
+    train = g.node("ReVersionTrainRelation", (1040, 80), (400, 840), name=RELATION, **m["train"])
     for name, out in (("model", 0), ("clip", 1), ("vae", 2)):
         g.link(ckpt, out, train, name)
     g.link(ex, "exemplars", train, "exemplars")
@@ -106,7 +107,7 @@ def train_workflow(info: dict, key: str) -> dict:
     g.link(train, "loss_curve", curve, "images")
     g.group("3. Train <R>", [train, curve], COLOURS["train"])
 
-    y = 860
+    y = 1100
     pos = g.node("ReVersionRelationTextEncode", (1040, y), (400, 180), title="Prompt with <R>",
                  text="a cat <R> a dog")
     g.link(ckpt, 1, pos, "clip")
@@ -196,8 +197,8 @@ def toy_workflow(info: dict, api: dict) -> dict:
     add("2", (0, 680), (460, 130))
     add("4", (0, 880), (460, 480), title="Exemplars")
     g.group("1. Toy model, exemplars", [made[k] for k in ("1", "2", "4")], COLOURS["data"])
-    add("3", (560, 80), (400, 600))
-    add("5", (560, 760), (460, 380), title="Loss curve")
+    add("3", (560, 80), (400, 840))               # tall: room for the live loss-curve preview
+    add("5", (560, 1000), (460, 380), title="Loss curve")
     g.group("2. Train <R>", [made["3"], made["5"]], COLOURS["train"])
     add("6", (1120, 80), (400, 130), title="Negative prompt")
     add("7", (1120, 290), (400, 110))

@@ -122,7 +122,7 @@ def test_save_relation_confirms_on_the_node(host, tiny):
     from reversion import relation_file as rf
     rel = rf.Relation({"clip_l": torch.randn(768)}, name="confirm")
     out = run_node(host, "ReVersionSaveRelation", "save", relation=rel, name="ui_confirm", overwrite=True)
-    assert out["ui"]["text"] == ["saved ui_confirm.safetensors - use embedding:ui_confirm or Load Relation"]
+    assert out["ui"]["text"] == ["saved ui_confirm.safetensors (embedding:ui_confirm)"]
     assert (host.embeddings / "ui_confirm.safetensors").stat().st_mode & 0o044 == 0o044   # readable by others
 
 
@@ -140,7 +140,7 @@ def test_training_logs_progress_and_reports_on_the_node(host, tiny, caplog):
                      r"[0-9.]+ s/update, 0 s left", progress[-1])
     assert any("saved ui_logged.safetensors" in line for line in lines)
     text = out["ui"]["text"][0]
-    assert text.startswith("saved ui_logged.safetensors (4 updates") and "embedding:ui_logged" in text
+    assert re.fullmatch(r"saved ui_logged\.safetensors \(embedding:ui_logged\): 4 updates, \d+ s, loss [0-9.e-]+", text), text
     relation, curve = out["result"]
     assert curve.shape[0] == 1 and curve.shape[-1] == 3
 

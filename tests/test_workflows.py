@@ -182,7 +182,7 @@ def test_toy_workflow_runs_through_prompt_and_a_second_run_does_not_retrain(serv
     saves = sorted(k for k, v in api.items() if v["class_type"] == "SaveImage")
     assert sorted(saved) == saves and len(saves) == 5
     assert (server.embeddings / "toy_ui_run.safetensors").exists()
-    assert entry["outputs"][str(train["id"])]["text"][0].startswith("saved toy_ui_run.safetensors (2 updates")
+    assert entry["outputs"][str(train["id"])]["text"][0].startswith("saved toy_ui_run.safetensors (embedding:toy_ui_run): 2 updates")
 
     again = server.run(api, timeout=900)
     cached = dict((m[0], m[1]) for m in again["status"]["messages"]).get("execution_cached", {}).get("nodes", [])

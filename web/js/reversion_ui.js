@@ -5,7 +5,7 @@
 //    input (PrimeVue InputNumber) otherwise shows at most 3 decimals and writes the rounded
 //    text back on blur (a learning rate of 0.00025 became 0, then the minimum).
 //  - Nodes start wide enough for their titles.
-import { app } from "../../scripts/app.js";
+import { app } from "../../../scripts/app.js";   // served at /extensions/<pack>/js/
 
 const STATUS = "reversion_status";
 const MIN_WIDTH = 300;
@@ -15,15 +15,20 @@ function showText(node, text) {
   if (!widget) {
     widget = node.addWidget("text", STATUS, "", () => {}, { serialize: false });
     widget.serialize = false;          // never part of widgets_values or the prompt
-    widget.disabled = true;
+    widget.label = "status";
   }
   widget.value = text;
-  node.setSize?.([Math.max(node.size[0], MIN_WIDTH), node.computeSize?.()[1] ?? node.size[1]]);
+  // grow to fit the new widget, never shrink (a preview image may use the space below)
+  const needed = node.computeSize?.() ?? node.size;
+  node.setSize?.([Math.max(node.size[0], MIN_WIDTH, needed[0]), Math.max(node.size[1], needed[1])]);
   node.setDirtyCanvas?.(true, true);
 }
 
 app.registerExtension({
   name: "ReVersion.ui",
+  setup() {
+    window.ReVersionUI = { loaded: true };   // lets the browser test wait for this extension
+  },
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (!nodeData?.name?.startsWith("ReVersion")) return;
     const onExecuted = nodeType.prototype.onExecuted;
