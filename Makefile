@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip install --quiet --constraint constraints.txt
 # Test hosts: the two bundled ComfyUI copies, or your own checkout via COMFYUI_PATH.
 HOSTS  := $(or $(COMFYUI_PATH),.hosts/comfyui-new .hosts/comfyui-old)
 
-.PHONY: setup test test-new test-old demo toy-model toy-gate bench bench-scale clean
+.PHONY: setup test test-new test-old test-browser workflows demo toy-model toy-gate bench bench-scale clean
 
 setup: $(VENV)/.ready .hosts/.ready
 
@@ -36,7 +36,21 @@ test-new: setup
 test-old: setup
 	COMFYUI_PATH=.hosts/comfyui-old $(PY) -m pytest -q tests
 
-# Headless ComfyUI runs workflows/toyworld_demo.json; writes demo_output/grid.png + report.json
+# The Templates workflows in ComfyUI's own front end, in Debian's headless Chromium
+# (installed here if missing); screenshots to docs/images/. Once per host, like `make test`.
+test-browser: setup
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver)
+	@set -e; for host in $(HOSTS); do \
+	  echo "=== browser tests on $$host ==="; \
+	  COMFYUI_PATH=$$host $(PY) -m pytest -q tests_browser; \
+	done
+
+# Regenerate workflows/*.json + thumbnails and workflows_api/ from a headless host's /object_info
+workflows: setup
+	$(PY) scripts/make_workflows.py
+
+# Headless ComfyUI runs workflows_api/toyworld_demo.json; writes demo_output/grid.png + report.json
 demo: setup
 	$(PY) scripts/demo.py
 

@@ -48,8 +48,8 @@ def resolve_folder(folder: str) -> str:
 
 
 class LoadExemplars:
-    DESCRIPTION = ("A folder of 4-10 images that share one relation, with text.json in the ReVersion "
-                   "Benchmark format ({\"0.jpg\": [\"cat {} dog\"]}) or one shared template.")
+    DESCRIPTION = ("A folder of 4-10 images that share one relation, with `text.json` in the ReVersion "
+                   "Benchmark format (`{\"0.jpg\": [\"cat {} dog\"]}`) or one shared template.")
     CATEGORY = CATEGORY
     RETURN_TYPES = ("EXEMPLARS", "IMAGE")
     RETURN_NAMES = ("exemplars", "images")

@@ -1,6 +1,7 @@
 """Relation Text Encode, Save Relation, Load Relation."""
 from __future__ import annotations
 
+import logging
 import os
 
 from reversion import relation_file as rf
@@ -9,11 +10,13 @@ from reversion_comfy import adapter
 from . import written_files
 
 CATEGORY = "ReVersion"
+NO_FILES = "(no relation files yet)"
 
 
 class RelationTextEncode:
-    DESCRIPTION = ("Encode a prompt whose <R> is the learned relation. Equal to CLIPTextEncode with "
-                   "embedding:<name> in place of <R>.")
+    # Descriptions are rendered as Markdown by the front end: keep <...> inside `code`.
+    DESCRIPTION = ("Encode a prompt whose `<R>` is the learned relation. Equal to CLIPTextEncode with "
+                   "`embedding:NAME` in place of `<R>`.")
     CATEGORY = CATEGORY
     RETURN_TYPES = ("CONDITIONING",)
     OUTPUT_TOOLTIPS = ("Conditioning for KSampler and friends.",)
@@ -33,7 +36,8 @@ class RelationTextEncode:
 
 
 class SaveRelation:
-    DESCRIPTION = "Write a relation to models/embeddings/<name>.safetensors (loadable as embedding:<name>)."
+    DESCRIPTION = ("Write a relation to `models/embeddings/NAME.safetensors` (loadable as `embedding:NAME`). "
+                   "Shows the saved file name on the node.")
     CATEGORY = CATEGORY
     RETURN_TYPES = ()
     FUNCTION = "save"
@@ -69,12 +73,14 @@ class SaveRelation:
         if problem:
             raise rf.RelationFileError(problem)
         written_files.save_relation(relation, path, overwrite)
-        return {"ui": {"text": [f"saved {path.name}"]}}
+        text = f"saved {path.name} (embedding:{path.stem})"
+        logging.getLogger("ReVersion").info("[ReVersion] Save Relation: wrote %s", path)
+        return {"ui": {"text": [text]}}
 
 
 class LoadRelation:
-    DESCRIPTION = ("Load a relation from models/embeddings: this pack's .safetensors, the official "
-                   "ReVersion learned_embeds.bin, or an A1111 .pt embedding.")
+    DESCRIPTION = ("Load a relation from `models/embeddings`: this pack's `.safetensors`, the official "
+                   "ReVersion `learned_embeds.bin`, or an A1111 `.pt` embedding.")
     CATEGORY = CATEGORY
     RETURN_TYPES = ("RELATION",)
     OUTPUT_TOOLTIPS = ("The relation, for Relation Text Encode.",)
@@ -85,7 +91,8 @@ class LoadRelation:
         import folder_paths
         files = [f for f in folder_paths.get_filename_list("embeddings")
                  if f.lower().endswith((".safetensors", ".bin", ".pt"))]
-        return {"required": {"relation_file": (sorted(files), {"tooltip": "A file in models/embeddings."})}}
+        # an empty list shows as "undefined" in the front end: offer a placeholder that explains
+        return {"required": {"relation_file": (sorted(files) or [NO_FILES], {"tooltip": "A file in models/embeddings (press R in the window to refresh the list)."})}}
 
     @classmethod
     def IS_CHANGED(cls, relation_file):
@@ -96,6 +103,9 @@ class LoadRelation:
     def load(self, relation_file):
         import folder_paths
         path = folder_paths.get_full_path("embeddings", relation_file)
+        if relation_file == NO_FILES:
+            raise rf.RelationFileError("no relation files in models/embeddings yet: run Train Relation "
+                                       "(or copy a file there), then press R to refresh the list")
         if path is None:
             raise rf.RelationFileError(f"relation file {relation_file!r} not found in models/embeddings")
         return (rf.load(path),)

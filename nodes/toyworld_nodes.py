@@ -26,7 +26,7 @@ class ToyWorldModel:
 
 
 class ToyWorldExemplars:
-    DESCRIPTION = ("Rendered exemplars of one toy relation. Templates hold '{}' where the relation "
+    DESCRIPTION = ("Rendered exemplars of one toy relation. Templates hold `{}` where the relation "
                    "word would be; the word itself never appears.")
     CATEGORY = CATEGORY
     RETURN_TYPES = ("EXEMPLARS", "IMAGE")
@@ -39,11 +39,12 @@ class ToyWorldExemplars:
         return {"required": {
             "relation": (list(scenes.RELATIONS), {"default": "inside", "tooltip": "The relation the exemplars share."}),
             "count": ("INT", {"default": 8, "min": 1, "max": 64, "tooltip": "Number of exemplar images (paper: 4-10)."}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1, "tooltip": "Which scenes are drawn."}),
+            # not named `seed`: front ends would randomise it after every run (and so retrain)
+            "scene_seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1, "control_after_generate": False, "tooltip": "Which scenes are drawn. Stays fixed between runs."}),
         }}
 
-    def make(self, relation, count, seed):
-        ex = toyworld.exemplars(relation, count, seed)
+    def make(self, relation, count, scene_seed):
+        ex = toyworld.exemplars(relation, count, scene_seed)
         return (ex, ex.images)
 
 

@@ -29,8 +29,12 @@ def free_port() -> int:
 class ComfyServer:
     """`with ComfyServer(comfy_path, workdir) as server: server.run(workflow)`"""
 
-    def __init__(self, comfy_path: Path, workdir: Path, python: str = sys.executable, cpu: bool = True):
+    def __init__(self, comfy_path: Path, workdir: Path, python: str = sys.executable, cpu: bool = True,
+                 front_end_root: Path | None = None):
+        """`front_end_root`: serve this built front end (newer hosts; e.g. the static folder of
+        the comfyui-frontend-package wheel) instead of none; older hosts serve their own web/."""
         self.comfy_path, self.workdir, self.python, self.cpu = Path(comfy_path), Path(workdir), python, cpu
+        self.front_end_root = front_end_root
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.client_id = uuid.uuid4().hex
@@ -54,7 +58,7 @@ class ComfyServer:
             cmd.append("--cpu")
         args_source = (self.comfy_path / "comfy" / "cli_args.py").read_text()
         if "--front-end-root" in args_source:     # newer hosts: no web front-end package needed headless
-            cmd += ["--front-end-root", str(self.workdir / "frontend")]
+            cmd += ["--front-end-root", str(self.front_end_root or self.workdir / "frontend")]
         if "--user-directory" in args_source:
             cmd += ["--user-directory", str(self.workdir / "user")]
         return cmd

@@ -1,7 +1,7 @@
 """`make demo`: learn a toy relation in a headless ComfyUI and measure it.
 
 Starts ComfyUI (COMFYUI_PATH, default the bundled 0.3.75 host) with this pack installed,
-runs workflows/toyworld_demo.json over HTTP, judges every generated image and writes
+runs workflows_api/toyworld_demo.json over HTTP, judges every generated image and writes
 
     demo_output/grid.png     exemplars | with <R> | with the init word | with the true word
     demo_output/report.json  relation, relation_accuracy, oracle_relation_accuracy,
@@ -52,7 +52,7 @@ def grid(rows: list[tuple[str, list[np.ndarray]]], cell: int = 128, label_width:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workflow", default=str(REPO / "workflows" / "toyworld_demo.json"))
+    p.add_argument("--workflow", default=str(REPO / "workflows_api" / "toyworld_demo.json"))
     p.add_argument("--out", default=str(REPO / "demo_output"))
     p.add_argument("--keep-workdir", action="store_true", help="keep the server's folders (outputs, log)")
     args = p.parse_args(argv)

@@ -1,4 +1,4 @@
-"""Write workflows/toyworld_demo.json: the demo graph, in ComfyUI's API format.
+"""Write workflows_api/toyworld_demo.json: the demo graph, in ComfyUI's API format.
 
     python scripts/make_demo_workflow.py [--relation above]
 
@@ -25,7 +25,7 @@ CONDITIONS = ("R", "word", "init")      # <R>, the true relation word (oracle), 
 PREFIX = "reversion_demo"
 TRAIN = {"steps": 300, "batch_size": 8, "grad_accum": 1, "learning_rate": 6.25e-4, "scale_lr": True,
          "weight_decay": 0.01, "steering_weight": 0.01, "num_positives": 4, "temperature": 0.07,
-         "focal_alpha": 0.5, "init_word": "and", "seed": 2023}
+         "focal_alpha": 0.5, "init_word": "and", "train_seed": 2023}
 SAMPLE = {"steps": 20, "cfg": 4.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}
 
 
@@ -36,7 +36,7 @@ def build(relation="above", prompts=6, images_per_prompt=4, exemplar_count=8, ex
     g = {
         "1": {"class_type": "ReVersionToyWorldModel", "inputs": {}},
         "2": {"class_type": "ReVersionToyWorldExemplars",
-              "inputs": {"relation": relation, "count": exemplar_count, "seed": exemplar_seed}},
+              "inputs": {"relation": relation, "count": exemplar_count, "scene_seed": exemplar_seed}},
         "3": {"class_type": "ReVersionTrainRelation",
               "inputs": {"model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "exemplars": ["2", 0],
                          "name": name, "overwrite": True, **train}},
@@ -89,7 +89,7 @@ def _objects(text: str) -> tuple[str, str]:
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--relation", default="above", choices=scenes.RELATIONS)
-    p.add_argument("--out", default=str(REPO / "workflows" / "toyworld_demo.json"))
+    p.add_argument("--out", default=str(REPO / "workflows_api" / "toyworld_demo.json"))
     args = p.parse_args()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(build(args.relation), indent=1) + "\n")

@@ -85,4 +85,6 @@ def run_node_ui(host, node_name, method, **inputs):
     """Like run_node, but returns the node's whole answer (with its "ui" part)."""
     node = host.node(node_name)
     with torch.inference_mode():
-        return getattr(node, method)(**inputs)
+        out = getattr(node, method)(**inputs)
+    # {"ui": ..., "result": (...)} returns: the executor passes on "result", so do the same
+    return out["result"] if isinstance(out, dict) and "result" in out else out

@@ -20,7 +20,7 @@ def exemplars():
 def inputs(model, clip, vae, name, **overrides):
     d = dict(model=model, clip=clip, vae=vae, exemplars=exemplars(), name=name, steps=6, batch_size=2,
              grad_accum=2, learning_rate=1e-2, scale_lr=False, weight_decay=1e-2, steering_weight=0.01,
-             num_positives=4, temperature=0.07, focal_alpha=0.5, init_word="and", seed=11, overwrite=False,
+             num_positives=4, temperature=0.07, focal_alpha=0.5, init_word="and", train_seed=11, overwrite=False,
              checkpoint_every=2, preview_steps=1)
     d.update(overrides)
     return d
@@ -79,7 +79,7 @@ def test_resume_refuses_other_settings_and_other_exemplars_before_training(host,
     monkeypatch.setattr(trainer, "train", lambda *a, **k: pytest.fail("training started"))
     with pytest.raises(checkpoint.CheckpointError, match=r"other settings \(seed 11 -> 12\)"):
         run_node(host, "ReVersionTrainRelation", "train",
-                 **inputs(model, clip, vae, "ckpt_strict", steps=4, seed=12, resume=True, overwrite=True))
+                 **inputs(model, clip, vae, "ckpt_strict", steps=4, train_seed=12, resume=True, overwrite=True))
     other = ex.from_images(torch.rand(2, 32, 32, 3), ["a cat {} a dog"])
     with pytest.raises(checkpoint.CheckpointError, match="other exemplars"):
         run_node(host, "ReVersionTrainRelation", "train",

@@ -97,6 +97,21 @@ def test_relation_file_round_trip_keeps_vector_and_metadata(tmp_path):
     assert back.pack_version == rf.PACK_VERSION and back.placeholder == "<R>"
 
 
+
+def test_relation_file_mode_follows_umask(tmp_path):
+    import os
+    import stat
+    rel = rf.Relation({"clip_l": torch.randn(768)}, name="perm")
+    old = os.umask(0o022)
+    try:
+        path = rf.save(rel, tmp_path / "perm.safetensors")
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644       # safetensors alone gives 0600
+        os.umask(0o027)
+        path = rf.save(rel, tmp_path / "perm.safetensors", overwrite=True)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    finally:
+        os.umask(old)
+
 def test_stock_layouts(tmp_path):
     """One encoder -> `emb_params` [1, D] (read by every ComfyUI); SDXL -> clip_l + clip_g."""
     from safetensors.torch import load_file

@@ -25,7 +25,7 @@ def small_exemplars(n=2, size=64):
 def train_inputs(model, clip, vae, name, **overrides):
     inputs = dict(model=model, clip=clip, vae=vae, exemplars=small_exemplars(), name=name, steps=2, batch_size=2,
                   grad_accum=1, learning_rate=1e-2, scale_lr=False, weight_decay=1e-2, steering_weight=0.01,
-                  num_positives=4, temperature=0.07, focal_alpha=0.5, init_word="and", seed=1, overwrite=True,
+                  num_positives=4, temperature=0.07, focal_alpha=0.5, init_word="and", train_seed=1, overwrite=True,
                   preview_steps=1)
     inputs.update(overrides)
     return inputs
@@ -239,9 +239,9 @@ def test_training_sees_the_conditioning_inference_gets_with_clip_skip(host, tiny
 
 def test_same_seed_same_relation(host, tiny):
     model, clip, vae = tiny("sd1")
-    r1, _, _ = run_node(host, "ReVersionTrainRelation", "train", **train_inputs(model, clip, vae, "seed_a", seed=7))
-    r2, _, _ = run_node(host, "ReVersionTrainRelation", "train", **train_inputs(model, clip, vae, "seed_b", seed=7))
-    r3, _, _ = run_node(host, "ReVersionTrainRelation", "train", **train_inputs(model, clip, vae, "seed_c", seed=8))
+    r1, _, _ = run_node(host, "ReVersionTrainRelation", "train", **train_inputs(model, clip, vae, "seed_a", train_seed=7))
+    r2, _, _ = run_node(host, "ReVersionTrainRelation", "train", **train_inputs(model, clip, vae, "seed_b", train_seed=7))
+    r3, _, _ = run_node(host, "ReVersionTrainRelation", "train", **train_inputs(model, clip, vae, "seed_c", train_seed=8))
     assert torch.equal(r1.vectors["clip_l"], r2.vectors["clip_l"])
     assert not torch.equal(r1.vectors["clip_l"], r3.vectors["clip_l"])
 

@@ -20,7 +20,7 @@ RELATIONS = ["above", "below"]
 PROMPTS, IMAGES_PER_PROMPT = 8, 4
 TRAIN = dict(steps=300, batch_size=8, grad_accum=1, learning_rate=6.25e-4, scale_lr=True, weight_decay=1e-2,
              steering_weight=0.01, num_positives=4, temperature=0.07, focal_alpha=0.5, init_word="and",
-             seed=2023, overwrite=True, preview_every=0)
+             train_seed=2023, overwrite=True, preview_every=0)
 CHANCE = 1 / len(scenes.RELATIONS)
 
 

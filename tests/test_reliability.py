@@ -249,7 +249,7 @@ def toy_exemplars(templates=("a cat {} a dog",)):
 def train_inputs(model, clip, vae, name, **overrides):
     inputs = dict(model=model, clip=clip, vae=vae, exemplars=toy_exemplars(), name=name, steps=1, batch_size=2,
                   grad_accum=1, learning_rate=1e-2, scale_lr=False, weight_decay=1e-2, steering_weight=0.01,
-                  num_positives=4, temperature=0.07, focal_alpha=0.5, init_word="and", seed=1, overwrite=False,
+                  num_positives=4, temperature=0.07, focal_alpha=0.5, init_word="and", train_seed=1, overwrite=False,
                   preview_steps=1)
     inputs.update(overrides)
     return inputs
@@ -327,14 +327,14 @@ def test_prompts_with_the_stand_in_word_are_refused_not_turned_into_the_relation
 def test_same_seed_gives_a_byte_identical_file(host, tiny):
     model, clip, vae = tiny("sd1")
     path = host.embeddings / "bytes_same.safetensors"
-    run_node(host, "ReVersionTrainRelation", "train", **train_inputs(model, clip, vae, "bytes_same", steps=2, seed=5))
+    run_node(host, "ReVersionTrainRelation", "train", **train_inputs(model, clip, vae, "bytes_same", steps=2, train_seed=5))
     first = path.read_bytes()
     time.sleep(1.1)            # a wall-clock field would now differ
     run_node(host, "ReVersionTrainRelation", "train",
-             **train_inputs(model, clip, vae, "bytes_same", steps=2, seed=5, overwrite=True))
+             **train_inputs(model, clip, vae, "bytes_same", steps=2, train_seed=5, overwrite=True))
     assert path.read_bytes() == first
     run_node(host, "ReVersionTrainRelation", "train",
-             **train_inputs(model, clip, vae, "bytes_same", steps=2, seed=6, overwrite=True))
+             **train_inputs(model, clip, vae, "bytes_same", steps=2, train_seed=6, overwrite=True))
     assert path.read_bytes() != first
 
 
@@ -430,10 +430,10 @@ def toy_training(name: str, **overrides) -> dict:
     """API-format graph: toy model + 2 exemplars -> Train Relation (1 update)."""
     train = dict(model=["1", 0], clip=["1", 1], vae=["1", 2], exemplars=["2", 0], name=name, overwrite=False,
                  steps=1, batch_size=2, grad_accum=1, learning_rate=1e-3, scale_lr=False, weight_decay=0.01,
-                 steering_weight=0.01, num_positives=4, temperature=0.07, focal_alpha=0.5, init_word="and", seed=1)
+                 steering_weight=0.01, num_positives=4, temperature=0.07, focal_alpha=0.5, init_word="and", train_seed=1)
     train.update(overrides)
     return {"1": {"class_type": "ReVersionToyWorldModel", "inputs": {}},
-            "2": {"class_type": "ReVersionToyWorldExemplars", "inputs": {"relation": "above", "count": 2, "seed": 0}},
+            "2": {"class_type": "ReVersionToyWorldExemplars", "inputs": {"relation": "above", "count": 2, "scene_seed": 0}},
             "3": {"class_type": "ReVersionTrainRelation", "inputs": train}}
 
 

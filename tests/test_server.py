@@ -16,8 +16,8 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 
 def demo_workflow(steps: int, keep_branches=("_00",)) -> dict:
-    """workflows/toyworld_demo.json with fewer training steps and only some branches saved."""
-    workflow = json.loads((REPO / "workflows" / "toyworld_demo.json").read_text())
+    """workflows_api/toyworld_demo.json with fewer training steps and only some branches saved."""
+    workflow = json.loads((REPO / "workflows_api" / "toyworld_demo.json").read_text())
     workflow["3"]["inputs"].update(steps=steps, batch_size=2)
     for node_id in list(workflow):
         prefix = workflow[node_id]["inputs"].get("filename_prefix", "")
