@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip install --quiet --constraint constraints.txt
 # Test hosts: the two bundled ComfyUI copies, or your own checkout via COMFYUI_PATH.
 HOSTS  := $(or $(COMFYUI_PATH),.hosts/comfyui-new .hosts/comfyui-old)
 
-.PHONY: setup test test-new test-old test-browser workflows demo toy-model toy-gate bench bench-scale clean
+.PHONY: setup test test-new test-old test-browser workflows demo toy-model toy-gate bench bench-scale bench-quality clean
 
 setup: $(VENV)/.ready .hosts/.ready
 
@@ -60,6 +60,11 @@ toy-model: setup
 
 toy-gate: setup
 	$(PY) scripts/eval_toy_model.py
+
+# ReVersion's ablations (steering, focal sampling), steering sweep and steps curve on the toy
+# world: bench/results/quality.json(l). Hours on 2 CPU cores; resumable (rerun to continue).
+bench-quality: setup
+	$(PY) bench/bench_quality.py --curve 50 100 200 400 --threads 2
 
 bench: setup
 	$(PY) bench/bench_train_step.py

@@ -1,0 +1,234 @@
+"""Does each part of ReVersion help? Ablations and a steps curve on the toy world.
+
+    python bench/bench_quality.py                       # make bench-quality: all of it (hours on 2 cores)
+    python bench/bench_quality.py --relations inside --seeds 0 --steps 40 --images 8 --out /tmp/q.jsonl
+
+For each relation, exemplar set and training seed, <R> is trained four ways on the toy
+model (the trainer the node uses, `adapter.train_relation`):
+
+    full        steering 0.01, relation-focal timesteps (alpha 0.5)     -- the paper
+    no_steer    steering 0,    alpha 0.5
+    uniform     steering 0.01, alpha 0 (uniform timesteps)
+    neither     steering 0,    alpha 0
+
+plus a steering-weight sweep (`--steering-weights`). Every trained <R> is scored by the
+judge on prompts with object pairs the toy model never saw with that relation and that are
+not among the exemplars (`--images` per record), next to three baselines without training:
+the true word (oracle), the init word "and", and no relation word. With `--curve`, the
+vectors are also scored at the listed update counts of the same runs (the steps curve).
+
+Records go to a JSON-lines file as they are made (a rerun skips records already there, so
+an interrupted run continues), and `--summary` writes bench/results/quality.json: per
+relation and overall, mean and 95% interval over seeds, per variant.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+VARIANTS = {"full": (0.01, 0.5), "no_steer": (0.0, 0.5), "uniform": (0.01, 0.0), "neither": (0.0, 0.0)}
+IMAGES_PER_PROMPT = 4
+# two-sided 95% Student t quantiles by degrees of freedom (interval over training seeds)
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def parse_args(argv=None):
+    from reversion.toyworld import scenes
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--relations", nargs="+", default=list(scenes.RELATIONS))
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--steering-weights", nargs="*", type=float, default=[0.1, 1.0],
+                   help="extra 'full' runs with these steering weights (the sweep)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--steps", type=int, default=300, help="updates per run (the demo's 300)")
+    p.add_argument("--lr", type=float, default=6.25e-4, help="base lr, scaled by the batch (the demo's)")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--curve", nargs="*", type=int, default=[],
+                   help="also score the 'full' runs at these update counts, e.g. 50 100 200")
+    p.add_argument("--images", type=int, default=48, help="judged images per record")
+    p.add_argument("--exemplars", type=int, default=8)
+    p.add_argument("--sample-steps", type=int, default=20, help="sampler steps per judged image (euler, cfg 4)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", default=str(REPO / "bench" / "results" / "quality.jsonl"))
+    p.add_argument("--summary", default=str(REPO / "bench" / "results" / "quality.json"))
+    return p.parse_args(argv)
+
+
+class World:
+    """The toy model and the scoring of a conditioning on new-pair prompts."""
+
+    def __init__(self, sample_steps: int = 20):
+        from reversion_comfy import toy_model
+        self.toy_model, self.sample_steps = toy_model, sample_steps
+        self.model, self.clip, self.vae = toy_model.load()
+
+    def prompts(self, relation, exemplars, images):
+        from reversion.toyworld import evaluate
+        n = math.ceil(images / IMAGES_PER_PROMPT)
+        return evaluate.new_pair_prompts(relation, exemplars.names, n)
+
+    def score(self, encode, prompts, images) -> dict:
+        """`encode(prompt) -> CONDITIONING`; `images` judged images, fixed sampler seeds."""
+        from reversion.toyworld import evaluate
+        out, judged = [], []
+        for i, p in enumerate(prompts):
+            k = min(IMAGES_PER_PROMPT, images - len(out))
+            batch = self.toy_model.sample(self.model, self.clip, self.vae, encode(p), seed=1000 + i, batch=k,
+                                          steps=self.sample_steps)
+            out += list(batch.cpu().numpy())
+            judged += [p] * k
+        s = evaluate.score(out, judged)
+        return {"relation_accuracy": s["relation_accuracy"], "entity_accuracy": s["entity_accuracy"],
+                "n_images": s["n_images"]}
+
+    def relation_encoder(self, vectors):
+        from reversion.relation_file import Relation
+        from reversion_comfy import adapter
+        relation = Relation({k: v.detach().clone() for k, v in vectors.items()}, name="bench")
+        return lambda p: _inference(adapter.encode_with_relation, self.clip, relation, p.text("<R>"))
+
+    def word_encoder(self, word):
+        return lambda p: self.toy_model.encode(self.clip, p.text(word))
+
+    def cosines(self, vectors, words) -> dict:
+        """Cosine of <R> to the token embeddings of `words` (single-token words only)."""
+        from reversion_comfy import adapter
+        enc = adapter.text_encoders(self.clip)[0]
+        v = torch.nn.functional.normalize(vectors[enc.key].float().cpu(), dim=0)
+        out = {}
+        for w in words:
+            ids = enc.content_ids(w)
+            if len(ids) == 1:
+                row = torch.nn.functional.normalize(enc.table[ids[0]].detach().float().cpu(), dim=0)
+                out[w] = round(float(v @ row), 4)
+        return out
+
+    def train(self, exemplars, steering, alpha, seed, args, snapshot_steps=()):
+        """The node's trainer on the toy model; returns (final vectors, {step: vectors})."""
+        from reversion.trainer import TrainConfig
+        from reversion_comfy import adapter
+        config = TrainConfig(steps=args.steps, batch_size=args.batch, grad_accum=1, base_lr=args.lr,
+                             scale_lr=True, steering_weight=steering, focal_alpha=alpha, seed=seed)
+        snapshots = {}
+
+        def keep(step, total, record, vectors):
+            if step in snapshot_steps:
+                snapshots[step] = {k: v.detach().clone() for k, v in vectors.items()}
+        with torch.inference_mode():        # as the executor runs nodes
+            result = adapter.train_relation(self.model, self.clip, self.vae, exemplars, config, keep, "fast")
+        return result.vectors, snapshots
+
+
+def _inference(fn, *a):
+    with torch.inference_mode():
+        return fn(*a)
+
+
+def load_records(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def run(args) -> list[dict]:
+    from reversion.toyworld import exemplars as make_exemplars
+    from reversion.toyworld import scenes
+    world = World(args.sample_steps)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    records = load_records(out)
+    done = {(r["relation"], r["variant"], r["seed"], r["steps"]) for r in records}   # variant names the sweep weight
+
+    def emit(record):
+        records.append(record)
+        with out.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        print(json.dumps({k: record[k] for k in ("relation", "variant", "seed", "steps", "relation_accuracy",
+                                                  "entity_accuracy")}), flush=True)
+
+    runs = [(v, *VARIANTS[v]) for v in args.variants] + [("full", w, 0.5) for w in args.steering_weights]
+    for relation in args.relations:
+        words = [w for w in scenes.SYNONYMS[relation] if " " not in w]
+        for seed in args.seeds:
+            exemplars = make_exemplars(relation, args.exemplars, seed=seed)
+            prompts = world.prompts(relation, exemplars, args.images)
+            base = {"relation": relation, "seed": seed, "exemplars": "diverse", "n_exemplars": len(exemplars)}
+            for variant, word in (("oracle", relation), ("init", "and"), ("none", "")):
+                if (relation, variant, seed, 0) not in done:
+                    emit({**base, "variant": variant, "steering_weight": None, "focal_alpha": None, "steps": 0,
+                          **world.score(world.word_encoder(word), prompts, args.images)})
+            for variant, steering, alpha in runs:
+                swept = variant == "full" and steering != VARIANTS["full"][0]
+                name = f"full_steer_{steering:g}" if swept else variant
+                if (relation, name, seed, args.steps) in done:
+                    continue
+                curve = tuple(s for s in args.curve if s < args.steps) if name == "full" else ()
+                t0 = time.perf_counter()
+                vectors, snapshots = world.train(exemplars, steering, alpha, seed, args, curve)
+                seconds = time.perf_counter() - t0
+                common = {**base, "variant": name, "steering_weight": steering, "focal_alpha": alpha}
+                for step, vecs in sorted(snapshots.items()):
+                    if (relation, name, seed, step) not in done:
+                        emit({**common, "steps": step, **world.score(world.relation_encoder(vecs), prompts, args.images)})
+                emit({**common, "steps": args.steps, "train_seconds": round(seconds, 1),
+                      "cosine_true_words": world.cosines(vectors, words),
+                      "cosine_init_word": world.cosines(vectors, ["and"]),
+                      **world.score(world.relation_encoder(vectors), prompts, args.images)})
+    return records
+
+
+def interval(values: list[float]) -> dict:
+    """Mean and 95% interval (Student t over runs; a single run has none)."""
+    n = len(values)
+    mean = float(np.mean(values))
+    if n < 2:
+        return {"mean": round(mean, 4), "ci95": None, "n": n}
+    half = T95.get(n - 1, 1.96) * float(np.std(values, ddof=1)) / math.sqrt(n)
+    return {"mean": round(mean, 4), "ci95": [round(mean - half, 4), round(mean + half, 4)], "n": n}
+
+
+def summarise(records: list[dict], final_steps: int) -> dict:
+    """Per variant: overall and per relation, over seeds; plus the steps curve."""
+    summary: dict = {"variants": {}, "curve": {}}
+    finals = [r for r in records if r["steps"] in (0, final_steps)]
+    for variant in sorted({r["variant"] for r in finals}):
+        rs = [r for r in finals if r["variant"] == variant]
+        entry = {"overall": {m: interval([r[m] for r in rs]) for m in ("relation_accuracy", "entity_accuracy")},
+                 "per_relation": {}}
+        for relation in sorted({r["relation"] for r in rs}):
+            rr = [r for r in rs if r["relation"] == relation]
+            entry["per_relation"][relation] = {m: interval([r[m] for r in rr])
+                                               for m in ("relation_accuracy", "entity_accuracy")}
+        summary["variants"][variant] = entry
+    for step in sorted({r["steps"] for r in records if r["variant"] == "full" and r["steps"]}):
+        rs = [r for r in records if r["variant"] == "full" and r["steps"] == step]
+        summary["curve"][str(step)] = interval([r["relation_accuracy"] for r in rs])
+    return summary
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from reversion_comfy import standalone
+    standalone.import_comfy("cpu")
+    records = run(args)
+    summary = summarise(records, args.steps)
+    summary["settings"] = {k: v for k, v in vars(args).items() if k not in ("out", "summary")}
+    Path(args.summary).write_text(json.dumps(summary, indent=1) + "\n")
+    print(json.dumps(summary["variants"].get("full", {}).get("overall", {}), indent=1))
+    print(f"records: {args.out}; summary: {args.summary}")
+
+
+if __name__ == "__main__":
+    main()
