@@ -66,6 +66,14 @@ def toy(host):
         return host.node("ReVersionToyWorldModel").load()
 
 
+@pytest.fixture(scope="session")
+def comfy_server(tmp_path_factory):
+    """One headless ComfyUI (the host under test) with this pack, shared by the HTTP tests."""
+    from reversion_comfy import headless, standalone
+    with headless.ComfyServer(standalone.comfyui_path(), tmp_path_factory.mktemp("server")) as s:
+        yield s
+
+
 def run_node(host, node_name, method, **inputs):
     """Call a node's function the way the executor does: under inference mode."""
     node = host.node(node_name)

@@ -16,10 +16,8 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    from reversion_comfy import headless, standalone
-    with headless.ComfyServer(standalone.comfyui_path(), tmp_path_factory.mktemp("server")) as s:
-        yield s
+def server(comfy_server):
+    return comfy_server
 
 
 def demo_workflow(steps: int, keep_branches=("_00",)) -> dict:

@@ -22,10 +22,8 @@ NAMES = ["sd15_train_relation", "sd15_use_relation", "sdxl_train_relation", "sdx
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    from reversion_comfy import headless, standalone
-    with headless.ComfyServer(standalone.comfyui_path(), tmp_path_factory.mktemp("server")) as s:
-        yield s
+def server(comfy_server):
+    return comfy_server
 
 
 @pytest.fixture(scope="module")
