@@ -48,39 +48,35 @@ MODELS = {
              "train": {"batch_size": 1, "grad_accum": 8}},
 }
 
+# Notes: one line per paragraph or list item (the Note widget wraps them to its width).
 TRAIN_NOTE = """{label}: learn a relation <R> from your own images
 
-1. Put 4-10 images that share one relation in ComfyUI/input/{relation}/ with a text.json
-   ({{"0.jpg": ["a cat {{}} a dog"], ...}}, {{}} = where the relation goes) or type one
-   shared caption in 'template' (group 2).
+1. Put 4-10 images that share one relation in ComfyUI/input/{relation}/, with a text.json such as {{"0.jpg": ["a cat {{}} a dog"]}} ({{}} marks where the relation goes), or type one shared caption in 'template' (group 2).
 2. Pick your {label} checkpoint in group 1.
-3. Queue. Train Relation shows progress, a loss curve and the time left; the server
-   console logs a line every few updates. Paper settings: 3000 updates (hours on a GPU;
-   try 300 first).
-4. The relation is saved as models/embeddings/{relation}.safetensors. Group 4 samples
-   with it; afterwards use it in any prompt as embedding:{relation} (see the
-   '{key}_use_relation' template). Queue again with the same inputs: nothing retrains.
+3. Queue. Train Relation shows its progress, a loss curve and the time left; the server console logs a line every few updates. Paper settings: 3000 updates (hours on a GPU; try 300 first).
+4. The relation is saved as models/embeddings/{relation}.safetensors. Group 4 samples with it; afterwards use it in any prompt as embedding:{relation} (see the '{key}_use_relation' template).
+
+Queue again with the same inputs: nothing retrains (the seed stays fixed).
 """
 
 USE_NOTE = """{label}: use a saved relation
 
 Two equivalent routes, side by side with the same seed:
-  2a. Load Relation -> Relation Text Encode: write <R> where the relation goes.
-  2b. Stock CLIP Text Encode with embedding:{relation} in its place.
+2a. Load Relation -> Relation Text Encode: write <R> where the relation goes.
+2b. The stock CLIP Text Encode with embedding:{relation} in its place.
 Both give the same conditioning, so the two images match.
 
-Pick your {label} checkpoint (group 1) and the relation file (press R to refresh the list
-after training one).
+Pick your {label} checkpoint (group 1) and the relation file (after training a new one, press R to refresh the list).
 """
 
 TOY_NOTE = """Toy world: the whole method in minutes on a CPU, nothing to download
 
-The built-in toy model draws two coloured shapes in a relation. Group 1 renders exemplars
-of one relation ('{relation}'); group 2 learns <R> from them ({steps} updates, a few minutes
-on a CPU) and writes models/embeddings/{name}.safetensors.
+The built-in toy model draws two coloured shapes in a relation. Group 1 renders exemplars of one relation ('{relation}'); group 2 learns <R> from them ({steps} updates, a few minutes on a CPU) and writes models/embeddings/{name}.safetensors.
 
 Group 4 then draws new object pairs three ways with the same seed:
-  <R> (learned)  |  the true word (oracle)  |  the init word 'and' (where <R> started)
+- <R> (learned)
+- the true word (oracle)
+- the init word 'and' (where <R> started)
 If <R> learned the relation, its row looks like the oracle row, not like the 'and' row.
 """
 

@@ -67,11 +67,16 @@ def toy(host):
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory):
-    """A real ComfyUI server (subprocess, 127.0.0.1) with the pack installed; one per session."""
+def comfy_server(tmp_path_factory):
+    """One headless ComfyUI (the host under test) with this pack, shared by the HTTP tests."""
     from reversion_comfy import headless, standalone
     with headless.ComfyServer(standalone.comfyui_path(), tmp_path_factory.mktemp("server")) as s:
         yield s
+
+
+@pytest.fixture(scope="session")
+def server(comfy_server):
+    return comfy_server
 
 
 def run_node(host, node_name, method, **inputs):

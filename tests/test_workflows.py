@@ -22,10 +22,8 @@ NAMES = ["sd15_train_relation", "sd15_use_relation", "sdxl_train_relation", "sdx
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    from reversion_comfy import headless, standalone
-    with headless.ComfyServer(standalone.comfyui_path(), tmp_path_factory.mktemp("server")) as s:
-        yield s
+def server(comfy_server):
+    return comfy_server
 
 
 @pytest.fixture(scope="module")
@@ -187,3 +185,11 @@ def test_toy_workflow_runs_through_prompt_and_a_second_run_does_not_retrain(serv
     again = server.run(api, timeout=900)
     cached = dict((m[0], m[1]) for m in again["status"]["messages"]).get("execution_cached", {}).get("nodes", [])
     assert str(train["id"]) in cached                # same inputs: served from the cache, no retraining
+
+
+def test_committed_workflows_are_what_the_generator_makes_from_this_host(object_info):
+    import make_workflows
+    workflows, toy_api = make_workflows.build_all(object_info)
+    for name, wf in workflows.items():
+        assert workflow(name) == wf, f"{name} is stale: run `make workflows` (scripts/make_workflows.py)"
+    assert json.loads((REPO / "workflows_api" / "toyworld_demo.json").read_text()) == toy_api

@@ -201,3 +201,18 @@ def test_status_text_appears_on_the_node_after_a_run(server, browser, object_inf
           return n.widgets.find(w => w.name === 'reversion_status')?.value ?? null;""")
     assert status and status.startswith("saved browser_run.safetensors (embedding:browser_run): 1 updates")
     browser.save_screenshot(str(IMAGES / ("ui_after_run.png" if server.new_front_end else "ui_after_run_2024.png")))
+
+
+def test_new_nodes_start_wide_enough_for_titles_and_labels(browser, object_info):
+    types = sorted(k for k in object_info if k.startswith("ReVersion"))
+    sizes = run_js(browser, """
+      const out = {};
+      for (const type of args[0]) {
+        const node = LiteGraph.createNode(type);
+        out[type] = [node.size[0], node.title];
+      }
+      return out;""", types)
+    assert sorted(sizes) == types
+    for type_, (width, title) in sizes.items():
+        assert width >= 340, (type_, width)            # was ~200 ("Toy World ...", "relation_f...")
+        assert title == object_info[type_]["display_name"]

@@ -8,7 +8,7 @@
 import { app } from "../../../scripts/app.js";   // served at /extensions/<pack>/js/
 
 const STATUS = "reversion_status";
-const MIN_WIDTH = 300;
+const MIN_WIDTH = 340;
 
 function showText(node, text) {
   let widget = node.widgets?.find((w) => w.name === STATUS);
