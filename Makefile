@@ -40,12 +40,13 @@ test-old: setup
 demo: setup
 	$(PY) scripts/demo.py
 
-# Re-train the committed toy-world model from scratch (resumable; ~80 min on 2 CPU cores)
+# Re-train the committed toy-world model from scratch (resumable; see BENCHMARKS.md for its time)
 toy-model: setup
 	$(PY) scripts/train_toy_model.py
 
+# The toy model's quality gate on every held-out prompt, 2 seeds each; writes bench/results/toy_gate.json
 toy-gate: setup
-	$(PY) scripts/eval_toy_model.py
+	$(PY) scripts/eval_toy_model.py --per-prompt 2 --json bench/results/toy_gate.json
 
 bench: setup
 	$(PY) bench/bench_train_step.py

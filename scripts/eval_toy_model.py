@@ -5,11 +5,16 @@
 Every prompt pairs two objects that the model never saw with that relation in training.
 Images come from the stock nodes (CLIPTextEncode -> KSampler -> VAEDecode) on the toy
 model; the judge reads relation and objects back. Prints JSON with relation_accuracy and
-entity_accuracy (the gate: both >= 0.90).
+entity_accuracy, overall and per relation, the number of images and the weights file's
+sha256; `--json` also writes it (`make toy-gate` writes bench/results/toy_gate.json).
+
+The gate: relation and entity accuracy >= 0.90 overall and >= 0.80 for every relation,
+with at least 2 seeds per held-out prompt.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -32,8 +37,11 @@ def main(argv=None):
     p.add_argument("--cfg", type=float, default=4.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     p.add_argument("--json", default=None, help="also write the report here")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from reversion_comfy import standalone
     standalone.import_comfy(args.device)
@@ -51,11 +59,44 @@ def main(argv=None):
         judged += [prompt] * len(imgs)
     report = evaluate.score(images, judged)
     report.pop("seen")
-    report.update(weights=str(args.weights), sampler=f"euler/normal {args.steps} steps cfg {args.cfg}",
-                  seconds=round(time.time() - t0, 1))
+    report.update(gate(report, args.per_prompt, args.per_relation))
+    import safetensors
+    with safetensors.safe_open(str(args.weights), "pt") as f:
+        meta = f.metadata() or {}
+    report.update(weights=str(args.weights), weights_sha256=sha256(args.weights),
+                  weights_training_steps=int(meta["steps"]) if "steps" in meta else None,
+                  images_per_prompt=args.per_prompt, seeds=f"{args.seed} + prompt index, batch of {args.per_prompt}",
+                  sampler=f"euler/normal {args.steps} steps cfg {args.cfg}", seconds=round(time.time() - t0, 1))
     print(json.dumps(report, indent=1))
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=1))
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+
+
+GATE_OVERALL, GATE_PER_RELATION = 0.90, 0.80
+
+
+def gate(report: dict, per_prompt: int, per_relation) -> dict:
+    """Whether the report meets the gate (a subset of prompts or one seed never counts)."""
+    failures = [f"{k} {report[k]:.3f} < {GATE_OVERALL}" for k in ("relation_accuracy", "entity_accuracy")
+                if report[k] < GATE_OVERALL]
+    for rel, r in report["per_relation"].items():
+        failures += [f"{rel}: {k} {r[k]:.3f} < {GATE_PER_RELATION}" for k in ("relation_accuracy", "entity_accuracy")
+                     if r[k] < GATE_PER_RELATION]
+    if per_prompt < 2:
+        failures.append("fewer than 2 seeds per prompt")
+    if per_relation is not None:
+        failures.append("not every held-out prompt (--per-relation)")
+    return {"gate": {"overall_min": GATE_OVERALL, "per_relation_min": GATE_PER_RELATION,
+                     "passed": not failures, "failures": failures}}
+
+
+def sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 if __name__ == "__main__":
