@@ -36,6 +36,9 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--cfg", type=float, default=4.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--group", type=int, default=16,
+                   help="prompts sampled together in one KSampler batch (one conditioning per image; "
+                        "seed = --seed + group index). 1: one KSampler call per prompt")
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     p.add_argument("--json", default=None, help="also write the report here")
@@ -52,11 +55,13 @@ def main(argv=None):
     model, clip, vae = toy_model.load(args.weights)
     prompts = evaluate.held_out_prompts(per_relation=args.per_relation)
     images, judged = [], []
-    for i, prompt in enumerate(prompts):
-        imgs = toy_model.sample(model, clip, vae, toy_model.encode(clip, prompt.text(prompt.relation)),
-                                args.seed + i, args.per_prompt, args.steps, args.cfg).cpu().numpy()
+    for i in range(0, len(prompts), args.group):
+        group = prompts[i:i + args.group]
+        positive = batched_conditioning([toy_model.encode(clip, p.text(p.relation)) for p in group], args.per_prompt)
+        imgs = toy_model.sample(model, clip, vae, positive, args.seed + i // args.group,
+                                len(group) * args.per_prompt, args.steps, args.cfg).cpu().numpy()
         images += list(imgs)
-        judged += [prompt] * len(imgs)
+        judged += [p for p in group for _ in range(args.per_prompt)]
     report = evaluate.score(images, judged)
     report.pop("seen")
     report.update(gate(report, args.per_prompt, args.per_relation))
@@ -71,6 +76,16 @@ def main(argv=None):
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+
+
+def batched_conditioning(conds: list, repeat: int) -> list:
+    """One CONDITIONING whose batch holds each prompt's cond `repeat` times, in order: the
+    sampler gives latent i the cond at batch index i (a batch of 1 would be repeated)."""
+    tensors = [c[0][0].repeat(repeat, 1, 1) for c in conds]
+    extras = dict(conds[0][0][1])
+    if extras.get("pooled_output") is not None:
+        extras["pooled_output"] = torch.cat([c[0][1]["pooled_output"].repeat(repeat, 1) for c in conds])
+    return [[torch.cat(tensors), extras]]
 
 
 GATE_OVERALL, GATE_PER_RELATION = 0.90, 0.80
