@@ -54,12 +54,13 @@ workflows: setup
 demo: setup
 	$(PY) scripts/demo.py
 
-# Re-train the committed toy-world model from scratch (resumable; ~80 min on 2 CPU cores)
+# Re-train the committed toy-world model from scratch (resumable; see BENCHMARKS.md for its time)
 toy-model: setup
 	$(PY) scripts/train_toy_model.py
 
+# The toy model's quality gate on every held-out prompt, 2 seeds each; writes bench/results/toy_gate.json
 toy-gate: setup
-	$(PY) scripts/eval_toy_model.py
+	$(PY) scripts/eval_toy_model.py --per-prompt 2 --json bench/results/toy_gate.json
 
 # ReVersion's ablations (steering, focal sampling), steering sweep and steps curve on the toy
 # world: bench/results/quality.json(l). Hours on 2 CPU cores; resumable (rerun to continue).

@@ -5,11 +5,16 @@
 Every prompt pairs two objects that the model never saw with that relation in training.
 Images come from the stock nodes (CLIPTextEncode -> KSampler -> VAEDecode) on the toy
 model; the judge reads relation and objects back. Prints JSON with relation_accuracy and
-entity_accuracy (the gate: both >= 0.90).
+entity_accuracy, overall and per relation, the number of images and the weights file's
+sha256; `--json` also writes it (`make toy-gate` writes bench/results/toy_gate.json).
+
+The gate: relation and entity accuracy >= 0.90 overall and >= 0.80 for every relation,
+with at least 2 seeds per held-out prompt.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -31,9 +36,15 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--cfg", type=float, default=4.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--group", type=int, default=16,
+                   help="prompts sampled together in one KSampler batch (one conditioning per image; "
+                        "seed = --seed + group index). 1: one KSampler call per prompt")
     p.add_argument("--device", default=None)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     p.add_argument("--json", default=None, help="also write the report here")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from reversion_comfy import standalone
     standalone.import_comfy(args.device)
@@ -44,18 +55,63 @@ def main(argv=None):
     model, clip, vae = toy_model.load(args.weights)
     prompts = evaluate.held_out_prompts(per_relation=args.per_relation)
     images, judged = [], []
-    for i, prompt in enumerate(prompts):
-        imgs = toy_model.sample(model, clip, vae, toy_model.encode(clip, prompt.text(prompt.relation)),
-                                args.seed + i, args.per_prompt, args.steps, args.cfg).cpu().numpy()
+    for i in range(0, len(prompts), args.group):
+        group = prompts[i:i + args.group]
+        positive = batched_conditioning([toy_model.encode(clip, p.text(p.relation)) for p in group], args.per_prompt)
+        imgs = toy_model.sample(model, clip, vae, positive, args.seed + i // args.group,
+                                len(group) * args.per_prompt, args.steps, args.cfg).cpu().numpy()
         images += list(imgs)
-        judged += [prompt] * len(imgs)
+        judged += [p for p in group for _ in range(args.per_prompt)]
     report = evaluate.score(images, judged)
     report.pop("seen")
-    report.update(weights=str(args.weights), sampler=f"euler/normal {args.steps} steps cfg {args.cfg}",
-                  seconds=round(time.time() - t0, 1))
+    report.update(gate(report, args.per_prompt, args.per_relation))
+    import safetensors
+    with safetensors.safe_open(str(args.weights), "pt") as f:
+        meta = f.metadata() or {}
+    report.update(weights=str(args.weights), weights_sha256=sha256(args.weights),
+                  weights_training_steps=int(meta["steps"]) if "steps" in meta else None,
+                  images_per_prompt=args.per_prompt, seeds=f"{args.seed} + prompt index, batch of {args.per_prompt}",
+                  sampler=f"euler/normal {args.steps} steps cfg {args.cfg}", seconds=round(time.time() - t0, 1))
     print(json.dumps(report, indent=1))
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=1))
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+
+
+def batched_conditioning(conds: list, repeat: int) -> list:
+    """One CONDITIONING whose batch holds each prompt's cond `repeat` times, in order: the
+    sampler gives latent i the cond at batch index i (a batch of 1 would be repeated)."""
+    tensors = [c[0][0].repeat(repeat, 1, 1) for c in conds]
+    extras = dict(conds[0][0][1])
+    if extras.get("pooled_output") is not None:
+        extras["pooled_output"] = torch.cat([c[0][1]["pooled_output"].repeat(repeat, 1) for c in conds])
+    return [[torch.cat(tensors), extras]]
+
+
+GATE_OVERALL, GATE_PER_RELATION = 0.90, 0.80
+
+
+def gate(report: dict, per_prompt: int, per_relation) -> dict:
+    """Whether the report meets the gate (a subset of prompts or one seed never counts)."""
+    failures = [f"{k} {report[k]:.3f} < {GATE_OVERALL}" for k in ("relation_accuracy", "entity_accuracy")
+                if report[k] < GATE_OVERALL]
+    for rel, r in report["per_relation"].items():
+        failures += [f"{rel}: {k} {r[k]:.3f} < {GATE_PER_RELATION}" for k in ("relation_accuracy", "entity_accuracy")
+                     if r[k] < GATE_PER_RELATION]
+    if per_prompt < 2:
+        failures.append("fewer than 2 seeds per prompt")
+    if per_relation is not None:
+        failures.append("not every held-out prompt (--per-relation)")
+    return {"gate": {"overall_min": GATE_OVERALL, "per_relation_min": GATE_PER_RELATION,
+                     "passed": not failures, "failures": failures}}
+
+
+def sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 if __name__ == "__main__":

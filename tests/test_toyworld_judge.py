@@ -59,3 +59,39 @@ def test_score_aggregates_per_relation():
     assert report["n_images"] == 10
     assert report["relation_accuracy"] == pytest.approx(0.9)
     assert report["per_relation"]["left of"]["relation_accuracy"] == 1.0
+
+
+def test_training_captions_are_true_of_their_scenes():
+    """Synonyms, side-by-side words and colourless captions all describe the scene drawn."""
+    rng = np.random.default_rng(5)
+    kinds = {"colourless": 0, "side by side": 0}
+    for _ in range(2000):
+        scene, caption = scenes.training_example(rng)
+        words = caption.replace("a ", " ").split()
+        shapes = [w for w in words if w in scenes.SHAPES]
+        assert shapes == [scene.a.shape, scene.b.shape], caption
+        colours = [w for w in words if w in scenes.COLOURS]
+        assert colours in ([], [scene.a.colour, scene.b.colour]), caption
+        kinds["colourless"] += not colours
+        said = " ".join(w for w in words if w not in scenes.SHAPES and w not in scenes.COLOURS)
+        if said in scenes.SIDE_BY_SIDE:
+            kinds["side by side"] += 1
+            assert scene.relation in ("left of", "right of"), caption
+        else:
+            assert said in scenes.SYNONYMS.get(scene.relation, (scenes.UNRELATED,)), caption
+    assert 0.10 < kinds["colourless"] / 2000 < 0.20 and kinds["side by side"] > 40
+    assert set(caption for caption in scenes.all_training_captions()) >= {"a red circle on top of a blue square",
+                                                                          "circle beside square"}
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_inner_object_sits_inside_with_a_margin_and_on_top_of_touches(seed):
+    rng = np.random.default_rng(seed)
+    for _ in range(50):
+        s = scenes.make_scene(rng, "inside")
+        assert s.a.size in range(7, 10) and s.b.size in range(19, 24)
+        assert (scenes.obj_mask(s.a) <= scenes._erode(scenes.obj_mask(s.b))).all()
+        t = scenes.make_scene(rng, "on top of")
+        assert scenes.touching(scenes.obj_mask(t.a), scenes.obj_mask(t.b))
+        assert not (scenes.obj_mask(t.a) & scenes.obj_mask(t.b)).any()
+        assert {t.a.size, t.b.size} <= set(scenes.OBJECT_SIZES)

@@ -37,9 +37,12 @@ SYNONYMS = {
     "below": ("below", "under", "beneath", "underneath"),
     "left of": ("left of", "to the left of"),
     "right of": ("right of", "to the right of"),
-    "inside": ("inside", "in", "within"),
-    "on top of": ("on top of", "on", "atop", "upon"),
+    "inside": ("inside", "in", "within", "into"),
+    "on top of": ("on top of", "on", "atop", "upon", "onto"),
 }
+# Side by side in either order ("left of" or "right of" geometry): true whichever side,
+# so these words say "beside" without a direction and never contradict a scene.
+SIDE_BY_SIDE = ("beside", "next to", "near", "by", "alongside")
 # Scenes for the word "and": two objects anywhere, no stated relation. "and" is
 # ReVersion's default init word, so it gets a meaning here too ("some arrangement").
 UNRELATED = "and"
@@ -172,6 +175,15 @@ DEGRADATIONS = {
 
 # -------------------------------------------------------------------------- placement
 
+# Geometry (the calibration run's, toyworld-notes.md): object sizes 9/11/13 px (odd, so
+# circles and triangles are symmetric about a centre pixel); gaps 3-7 px; "inside": the
+# container 19-23 px, the inner object 7-9 px near the container's centre (a triangle's:
+# its incircle) with at least 1 px of the container all round; "on top of": touching.
+OBJECT_SIZES = (9, 11, 13)
+GAP = (3, 7)
+CONTAINER_SIZE = (19, 23)
+INNER_SIZE = (7, 9)
+
 def _in_canvas(o: Obj, margin: int = 1) -> bool:
     return o.top >= margin and o.left >= margin and o.top + o.size <= SIZE - margin \
         and o.left + o.size <= SIZE - margin
@@ -218,14 +230,17 @@ def _place(rng: np.random.Generator, relation: str, sa: str, ca: str, sb: str, c
     """One attempt at placing A (shape sa, colour ca) and B for `relation`; None if invalid."""
     r = lambda lo, hi: int(rng.integers(lo, hi + 1))  # noqa: E731 (inclusive range)
     if relation == "inside":
-        b = Obj(sb, cb, 0, 0, r(18, 24))
-        b = Obj(sb, cb, r(1, SIZE - 1 - b.size), r(1, SIZE - 1 - b.size), b.size)
-        size_a = r(6, 8)
-        a = Obj(sa, ca, r(b.top, b.top + b.size - size_a), r(b.left, b.left + b.size - size_a), size_a)
+        size_b, size_a = r(*CONTAINER_SIZE), r(*INNER_SIZE)
+        b = Obj(sb, cb, r(1, SIZE - 1 - size_b), r(1, SIZE - 1 - size_b), size_b)
+        cy, cx = b.top + size_b / 2, b.left + size_b / 2
+        if sb == "triangle":            # centre of the incircle (apex up, base at the bottom)
+            cy = b.top + size_b - size_b * size_b / (size_b + 2 * np.hypot(size_b, size_b / 2))
+        a = Obj(sa, ca, int(round(cy - size_a / 2)) + r(-1, 1), int(round(cx - size_a / 2)) + r(-1, 1), size_a)
         if not (obj_mask(a) <= _erode(obj_mask(b))).all():
             return None
         return a, b
-    size_a, size_b = r(8, 12), r(8, 12)
+    sizes = OBJECT_SIZES
+    size_a, size_b = sizes[int(rng.integers(len(sizes)))], sizes[int(rng.integers(len(sizes)))]
     if relation in ("above", "below", "on top of"):
         upper, lower = (sa, ca, size_a), (sb, cb, size_b)
         if relation == "below":
@@ -237,7 +252,7 @@ def _place(rng: np.random.Generator, relation: str, sa: str, ca: str, sb: str, c
         if up is None:
             return None
         if relation != "on top of":       # lift it off: a clear gap
-            up = Obj(up.shape, up.colour, up.top - r(3, 8), up.left, up.size)
+            up = Obj(up.shape, up.colour, up.top - r(*GAP), up.left, up.size)
         first, second = (up, lo) if relation != "below" else (lo, up)
         return first, second
     if relation in ("left of", "right of"):
@@ -245,7 +260,7 @@ def _place(rng: np.random.Generator, relation: str, sa: str, ca: str, sb: str, c
         if relation == "right of":
             left_o, right_o = right_o, left_o
         lft = Obj(left_o[0], left_o[1], r(1, SIZE - 1 - left_o[2]), r(1, 10), left_o[2])
-        gap = r(3, 8)
+        gap = r(*GAP)
         cy = lft.top + lft.size / 2 + r(-3, 3)
         rgt = Obj(right_o[0], right_o[1], int(round(cy - right_o[2] / 2)), lft.left + lft.size + gap, right_o[2])
         return (lft, rgt) if relation == "left of" else (rgt, lft)
@@ -278,27 +293,66 @@ def make_scene(rng: np.random.Generator, relation: str, name_a: str | None = Non
     raise RuntimeError(f"could not place {name_a} {relation} {name_b}")  # pragma: no cover
 
 
-def random_caption(rng: np.random.Generator, scene: Scene) -> str:
-    """A training caption for the toy model: a random synonym, with or without articles."""
-    words = SYNONYMS.get(scene.relation, (UNRELATED,))
-    return scene.caption(words[int(rng.integers(len(words)))], articles=bool(rng.random() < 0.7))
+def _pick_word(rng: np.random.Generator, words) -> str:
+    """The first (canonical) word half the time, else one of the others: synonyms give the
+    text encoder a preposition region without starving the word that prompts use."""
+    if len(words) == 1 or rng.random() < 0.5:
+        return words[0]
+    return words[1 + int(rng.integers(len(words) - 1))]
 
 
-def training_example(rng: np.random.Generator, unrelated_fraction: float = 0.1) -> tuple[Scene, str]:
+def random_caption(rng: np.random.Generator, scene: Scene, words=None, colourless: float = 0.0) -> str:
+    """A training caption for the toy model: a relation word (canonical or a synonym), with
+    or without articles, and with probability `colourless` without colour words
+    ("a circle above a square": the colours are left unsaid)."""
+    words = words or SYNONYMS.get(scene.relation, (UNRELATED,))
+    word = _pick_word(rng, words)
+    articles = bool(rng.random() < 0.7)
+    if rng.random() < colourless:
+        return fill_template(template(scene.a.shape, scene.b.shape, articles), word)
+    return scene.caption(word, articles=articles)
+
+
+# The training mix: relation scenes (inside and on top of, the finest geometry, drawn 1.5x
+# as often as the others), side-by-side scenes captioned with SIDE_BY_SIDE words, scenes
+# captioned "and", and 15% of all captions without colour words.
+RELATION_WEIGHTS = {"above": 1.0, "below": 1.0, "left of": 1.0, "right of": 1.0, "inside": 1.5, "on top of": 1.5}
+UNRELATED_FRACTION = 0.08
+SIDE_BY_SIDE_FRACTION = 0.04
+COLOURLESS_FRACTION = 0.15
+
+
+def training_example(rng: np.random.Generator, unrelated_fraction: float = UNRELATED_FRACTION,
+                     side_by_side_fraction: float = SIDE_BY_SIDE_FRACTION,
+                     colourless: float = COLOURLESS_FRACTION) -> tuple[Scene, str]:
     """One (scene, caption) for training the toy model from scratch.
 
-    Relations are uniform; a (pair, relation) in `held_out_pairs(relation)` is never drawn,
-    so the quality gate can test generalisation to unseen combinations.
+    A (pair, relation) in `held_out_pairs(relation)` is never drawn (not even captioned
+    "beside" or without colours), so the quality gate tests generalisation to unseen
+    combinations.
     """
-    if rng.random() < unrelated_fraction:
+    u = rng.random()
+    if u < unrelated_fraction:
         scene = make_scene(rng, UNRELATED)
-        return scene, scene.caption(UNRELATED, articles=bool(rng.random() < 0.7))
-    relation = RELATIONS[int(rng.integers(len(RELATIONS)))]
+        return scene, random_caption(rng, scene, (UNRELATED,), colourless)
+    if u < unrelated_fraction + side_by_side_fraction:
+        relation = ("left of", "right of")[int(rng.integers(2))]
+        words = SIDE_BY_SIDE
+    else:
+        weights = np.array([RELATION_WEIGHTS[r] for r in RELATIONS])
+        relation = RELATIONS[int(rng.choice(len(RELATIONS), p=weights / weights.sum()))]
+        words = SYNONYMS[relation]
     pairs = training_pairs(relation)
     a, b = pairs[int(rng.integers(len(pairs)))]
     scene = make_scene(rng, relation, a, b)
-    return scene, random_caption(rng, scene)
+    return scene, random_caption(rng, scene, words, colourless)
 
+
+def all_training_captions() -> list[str]:
+    """Every caption `training_example` can produce (the toy text encoder's vocabulary)."""
+    words = [w for syn in SYNONYMS.values() for w in syn] + list(SIDE_BY_SIDE) + [UNRELATED]
+    names = list(object_pairs()) + [(a, b) for a in SHAPES for b in SHAPES]
+    return [fill_template(template(a, b, art), w) for w in words for a, b in names for art in (True, False)]
 
 
 def exemplar_scenes(relation: str, count: int, seed: int) -> list[Scene]:
