@@ -29,6 +29,7 @@ test: setup
 	  COMFYUI_PATH=$$host $(PY) -m pytest -q tests; \
 	done; \
 	echo "=== suite wall time: $$(( $$(date +%s) - start )) s on both hosts ==="
+	$(MAKE) --no-print-directory test-browser
 
 test-new: setup
 	COMFYUI_PATH=.hosts/comfyui-new $(PY) -m pytest -q tests
