@@ -243,7 +243,7 @@ def auto_table(memory: dict, size: int) -> dict:
 
 # ----------------------------------------------------------------- the auto choice, GPU sizes
 
-def estimate_part(out: Path):
+def estimate_part(out: Path, families=("sd1", "sdxl")):
     """The adapter's memory estimate (two probe forwards) for SD1.5 at 512 px and SDXL at
     1024 px, micro-batch 2, UNet weights fp16 computing in fp16 (no manual cast, as on a
     GPU), CLIP fp32; and what auto would choose with 8/12/16/24 GiB cards, where free =
@@ -253,7 +253,7 @@ def estimate_part(out: Path):
     torch.set_num_threads(1)
     report = {"assumption": "free = card - weights - 1 GiB; estimates from CPU probes in fp16 (UNet) / fp32 (CLIP)",
               "models": {}}
-    for family, size in (("sd1", 512), ("sdxl", 1024)):
+    for family, size in [(f, {"sd1": 512, "sdxl": 1024}[f]) for f in families]:
         model, clip, vae = full_models.build(family, unet_dtype=torch.float16)
         weights = sum(p.numel() * p.element_size() for m in (model.model, clip.cond_stage_model)
                       for p in m.parameters())
@@ -334,16 +334,17 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("part", nargs="?", default="cpu", choices=["cpu", "estimate", "gpu"])
     p.add_argument("--size", type=int, default=256)
-    p.add_argument("--family", default="sd1")
+    p.add_argument("--family", default=None, help="cpu: sd1 (default); estimate: sd1,sdxl (default)")
     p.add_argument("--tiny", action="store_true")
     p.add_argument("--out", type=Path)
     args = p.parse_args()
     from reversion_comfy import standalone
     standalone.import_comfy("cpu" if args.part == "cpu" or not torch.cuda.is_available() else "cuda")
     if args.part == "cpu":
-        cpu_part(args.size, args.out or REPO / "bench" / "results" / "scale.json", args.family)
+        cpu_part(args.size, args.out or REPO / "bench" / "results" / "scale.json", args.family or "sd1")
     elif args.part == "estimate":
-        estimate_part(args.out or REPO / "bench" / "results" / "scale_estimates.json")
+        estimate_part(args.out or REPO / "bench" / "results" / "scale_estimates.json",
+                      (args.family or "sd1,sdxl").split(","))
     else:
         gpu_part(args.out or REPO / "bench" / "results" / f"scale_gpu{'_tiny' if args.tiny else ''}.json", args.tiny)
 

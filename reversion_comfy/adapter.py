@@ -797,6 +797,7 @@ class ComfyBackend:
 def _recording_encode(module, outputs: dict, key: str):
     """Keep the batched (tokens, pooled) output of one SDClipModel's `encode` call."""
     real = module.encode
+    own = module.__dict__.get("encode")          # an instance-level wrapper someone else set
 
     def encode(tokens):
         out = real(tokens)
@@ -806,7 +807,10 @@ def _recording_encode(module, outputs: dict, key: str):
     try:
         yield
     finally:
-        del module.encode
+        if own is None:
+            del module.encode
+        else:
+            module.encode = own
 
 
 def progress(total: int):
