@@ -42,7 +42,16 @@ GiB = 1024 ** 3
 # --------------------------------------------------------------------------- measuring
 
 def rss_peak_reset() -> int:
-    """Reset the process's peak RSS to the current RSS; returns the current RSS (bytes)."""
+    """Return freed heap to the OS (glibc malloc_trim: otherwise a later mode reuses memory
+    an earlier one freed, and its peak does not show in RSS), then reset the process's peak
+    RSS to the current RSS; returns the current RSS (bytes)."""
+    import ctypes
+    import gc
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
     Path("/proc/self/clear_refs").write_text("5")
     return _status("VmRSS")
 
