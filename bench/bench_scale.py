@@ -42,7 +42,16 @@ GiB = 1024 ** 3
 # --------------------------------------------------------------------------- measuring
 
 def rss_peak_reset() -> int:
-    """Reset the process's peak RSS to the current RSS; returns the current RSS (bytes)."""
+    """Return freed heap to the OS (glibc malloc_trim: otherwise a later mode reuses memory
+    an earlier one freed, and its peak does not show in RSS), then reset the process's peak
+    RSS to the current RSS; returns the current RSS (bytes)."""
+    import ctypes
+    import gc
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
     Path("/proc/self/clear_refs").write_text("5")
     return _status("VmRSS")
 
@@ -86,13 +95,15 @@ def reference_train(model, clip, vae, exemplars, config):
         backend = adapter.ComfyBackend(model, clip, "fast")
         backend.prepare()
         (enc,) = backend.encoders
-        table = enc.table
+        embedding = enc.module.transformer.get_input_embeddings()
+        stored = embedding.weight                 # the host's table (fp16 in ComfyUI's CLIP)
+        table = torch.nn.Parameter(stored.detach().float().clone())   # the paper trains it in fp32
+        embedding.weight = table
         original = table.detach().clone()
         rid = backend.standin_ids[enc.key]
         init = enc.single_id(config.init_word, "init word")
         with torch.no_grad():
             table[rid] = table[init]
-        table.requires_grad_(True)
         vocab = backend.steering_vocabulary(enc.key)
         gen = torch.Generator().manual_seed(config.seed)
         rng = random.Random(config.seed)
@@ -129,16 +140,14 @@ def reference_train(model, clip, vae, exemplars, config):
                         steer = steering.steering_loss(table[rid], pos, neg, config.temperature)
                         loss = denoise + config.steering_weight * steer
                         (loss / config.grad_accum).backward()
-                        total += float(loss) / config.grad_accum
+                        total += float(loss.detach()) / config.grad_accum
                     opt.step()
                     opt.zero_grad(set_to_none=True)
                     with torch.no_grad():
                         table[keep] = original[keep]
                     history.append(total)
         finally:
-            table.requires_grad_(False)
-            with torch.no_grad():
-                table.copy_(original)
+            embedding.weight = stored
     return history, time.perf_counter() - start
 
 
@@ -200,7 +209,7 @@ def cpu_part(size: int, out: Path, family: str = "sd1", updates: int = 2):
     our_losses = [r["loss"] for r in ours.history]
     report["reference"] = {
         "losses": ref_losses, "our_losses": our_losses,
-        "max_loss_diff": max(abs(a - b) for a, b in zip(ref_losses, our_losses)),
+        "max_loss_diff": float((torch.tensor(ref_losses) - torch.tensor(our_losses[:len(ref_losses)])).abs().max()),
         "peak_gib": round(ref_peak / GiB, 3), "seconds_per_micro_batch": round(ref_seconds / updates / 4, 2),
         "tflops_per_update": round(4 * ref_flops / 1e12, 3),
         "time_ratio_ours_fast_over_reference": round(ours.seconds / ref_seconds, 3)}
@@ -243,7 +252,7 @@ def auto_table(memory: dict, size: int) -> dict:
 
 # ----------------------------------------------------------------- the auto choice, GPU sizes
 
-def estimate_part(out: Path):
+def estimate_part(out: Path, families=("sd1", "sdxl")):
     """The adapter's memory estimate (two probe forwards) for SD1.5 at 512 px and SDXL at
     1024 px, micro-batch 2, UNet weights fp16 computing in fp16 (no manual cast, as on a
     GPU), CLIP fp32; and what auto would choose with 8/12/16/24 GiB cards, where free =
@@ -253,7 +262,7 @@ def estimate_part(out: Path):
     torch.set_num_threads(1)
     report = {"assumption": "free = card - weights - 1 GiB; estimates from CPU probes in fp16 (UNet) / fp32 (CLIP)",
               "models": {}}
-    for family, size in (("sd1", 512), ("sdxl", 1024)):
+    for family, size in [(f, {"sd1": 512, "sdxl": 1024}[f]) for f in families]:
         model, clip, vae = full_models.build(family, unet_dtype=torch.float16)
         weights = sum(p.numel() * p.element_size() for m in (model.model, clip.cond_stage_model)
                       for p in m.parameters())
@@ -334,16 +343,17 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("part", nargs="?", default="cpu", choices=["cpu", "estimate", "gpu"])
     p.add_argument("--size", type=int, default=256)
-    p.add_argument("--family", default="sd1")
+    p.add_argument("--family", default=None, help="cpu: sd1 (default); estimate: sd1,sdxl (default)")
     p.add_argument("--tiny", action="store_true")
     p.add_argument("--out", type=Path)
     args = p.parse_args()
     from reversion_comfy import standalone
     standalone.import_comfy("cpu" if args.part == "cpu" or not torch.cuda.is_available() else "cuda")
     if args.part == "cpu":
-        cpu_part(args.size, args.out or REPO / "bench" / "results" / "scale.json", args.family)
+        cpu_part(args.size, args.out or REPO / "bench" / "results" / "scale.json", args.family or "sd1")
     elif args.part == "estimate":
-        estimate_part(args.out or REPO / "bench" / "results" / "scale_estimates.json")
+        estimate_part(args.out or REPO / "bench" / "results" / "scale_estimates.json",
+                      (args.family or "sd1,sdxl").split(","))
     else:
         gpu_part(args.out or REPO / "bench" / "results" / f"scale_gpu{'_tiny' if args.tiny else ''}.json", args.tiny)
 

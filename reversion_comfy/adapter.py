@@ -832,6 +832,7 @@ class ComfyBackend:
 def _recording_encode(module, outputs: dict, key: str):
     """Keep the batched (tokens, pooled) output of one SDClipModel's `encode` call."""
     real = module.encode
+    own = module.__dict__.get("encode")          # an instance-level wrapper someone else set
 
     def encode(tokens):
         out = real(tokens)
@@ -841,7 +842,10 @@ def _recording_encode(module, outputs: dict, key: str):
     try:
         yield
     finally:
-        del module.encode
+        if own is None:
+            del module.encode
+        else:
+            module.encode = own
 
 
 def sample_preview(model, clip, vae, vectors: dict[str, torch.Tensor], prompt: str, seed: int, steps: int,

@@ -257,3 +257,23 @@ def test_gpu_benchmark_part_runs_on_tiny_models(host, tmp_path):
     for r in rows:
         if r["dtype"] != "float32":   # tiny random models in bf16: ~0.93 here; a wrong gradient gives ~0
             assert all(0.8 < c <= 1.0 + 1e-6 for c in r["grad_cosine_to_fp32"].values()), r
+
+
+def test_benchmark_reference_procedure_reaches_our_losses(host, tiny):
+    """bench_scale's re-implementation of the paper's per-update procedure (VAE every
+    micro-batch, whole fp32 token table, other rows restored) gives our trainer's losses."""
+    import importlib.util
+    from conftest import REPO
+    from reversion.trainer import TrainConfig
+    from reversion_comfy import adapter
+    spec = importlib.util.spec_from_file_location("bench_scale", REPO / "bench" / "bench_scale.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    model, clip, vae = tiny("sd1")
+    exemplars = bench.exemplars_for(64)
+    config = TrainConfig(steps=2, batch_size=2, grad_accum=2, seed=2023)
+    with torch.inference_mode():
+        ours = adapter.train_relation(model, clip, vae, exemplars, config, memory="fast")
+        reference, _ = bench.reference_train(model, clip, vae, exemplars, config)
+    assert reference == pytest.approx([r["loss"] for r in ours.history], rel=1e-5)
+    assert reference[0] != reference[1]
