@@ -90,7 +90,7 @@ def reference_train(model, clip, vae, exemplars, config):
     no checkpointing. Returns (per-update losses, seconds)."""
     from reversion import steering, timesteps
     from reversion_comfy import adapter
-    from reversion.trainer import _exemplar_stream
+    from reversion.trainer import ExemplarOrder
     with adapter.training_mode():
         backend = adapter.ComfyBackend(model, clip, "fast")
         backend.prepare()
@@ -110,7 +110,7 @@ def reference_train(model, clip, vae, exemplars, config):
         sampler = timesteps.FocalTimestepSampler(config.focal_alpha, generator=gen)
         opt = torch.optim.AdamW([table], lr=config.lr, betas=tuple(config.adam_betas), eps=config.adam_eps,
                                 weight_decay=config.weight_decay)
-        order = _exemplar_stream(len(exemplars.templates), gen)
+        order = ExemplarOrder(len(exemplars.templates), gen)
         keep = torch.ones(table.shape[0], dtype=torch.bool)
         keep[rid] = False
         history, start = [], time.perf_counter()
@@ -119,7 +119,7 @@ def reference_train(model, clip, vae, exemplars, config):
                 for _ in range(config.steps):
                     total = 0.0
                     for _ in range(config.grad_accum):
-                        idx = [next(order) for _ in range(config.batch_size)]
+                        idx = [order.next() for _ in range(config.batch_size)]
                         captions = [rng.choice(exemplars.templates[i]).replace("{}", adapter.STANDIN) for i in idx]
                         words = [steering.sample_positive_words(rng, config.num_positives) for _ in idx]
                         latents = adapter.vae_encode(vae, exemplars.images, config.seed)[idx]   # every micro-batch
@@ -229,11 +229,11 @@ def run_micro_batch(model, clip, vae, exemplars, mode, chunk):
         backend.prepare()
         with adapter.frozen_weights(model.model, clip.cond_stage_model), adapter.memory_efficient_attention():
             latents = adapter.vae_encode(vae, exemplars.images, 0)
-            backend.plan_memory(latents, "a cat ohwx a dog", 2)
+            backend.plan_memory(latents, f"a cat {adapter.STANDIN} a dog", 2)
             backend.plan = adapter.MemoryPlan(mode, chunk, 2, mode, {}, None)
             vectors = {k: torch.nn.Parameter(v) for k, v in backend.initial_vectors("and").items()}
             g = torch.Generator().manual_seed(0)
-            loss = backend.denoising_loss(vectors, latents, ["a cat ohwx a dog"] * 2, torch.tensor([500, 900]),
+            loss = backend.denoising_loss(vectors, latents, [f"a cat {adapter.STANDIN} a dog"] * 2, torch.tensor([500, 900]),
                                           torch.randn(latents.shape, generator=g))
             loss.backward()
         backend.close()
@@ -271,7 +271,7 @@ def estimate_part(out: Path, families=("sd1", "sdxl")):
             backend.prepare()
             with adapter.frozen_weights(model.model, clip.cond_stage_model), adapter.memory_efficient_attention():
                 latents = torch.zeros(2, 4, size // 8, size // 8)
-                backend.plan_memory(latents, "a cat ohwx a dog", 2)
+                backend.plan_memory(latents, f"a cat {adapter.STANDIN} a dog", 2)
             backend.close()
         needed = backend.plan.needed
         row = {"size": size, "weights_gib": round(weights / GiB, 2),

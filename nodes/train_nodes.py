@@ -129,8 +129,8 @@ class TrainRelation:
         result = adapter.train_relation(model, clip, vae, exemplars, config, callback, memory,
                                         checkpointing=keeping, start_relation=init_relation)
         samples = preview(result.vectors)
-        # the plan's mode only: its memory figures vary from run to run, the file must not
-        hyperparameters = {**config.as_dict(), "memory": {k: result.memory[k] for k in ("mode", "chunk")}}
+        # the memory plan without the free memory it saw: that varies from run to run, the file must not
+        hyperparameters = {**config.as_dict(), "memory": {k: v for k, v in result.memory.items() if k != "free_gib"}}
         prior_steps = 0
         if init_relation is not None:
             prior_steps = init_relation.steps

@@ -9,6 +9,8 @@ import torch
 from conftest import run_node
 from test_host import directional_check, small_exemplars, train_inputs
 
+from reversion_comfy.adapter import STANDIN as R  # noqa: E402  the stand-in token for <R>
+
 GiB = 1024 ** 3
 
 
@@ -22,7 +24,7 @@ def prepared(model, clip, memory="fast"):
 def batch_inputs(backend, n=3, size=8):
     g = torch.Generator().manual_seed(5)
     latents = torch.randn(n, 4, size, size, generator=g)
-    captions = ["a cat ohwx a dog", "cat ohwx dog", "a red cube ohwx a blue ball"][:n]
+    captions = [f"a cat {R} a dog", f"cat {R} dog", f"a red cube {R} a blue ball"][:n]
     t = torch.tensor([900, 400, 50][:n])
     return latents, captions, t, torch.randn(latents.shape, generator=g)
 
@@ -44,7 +46,7 @@ def test_one_text_encoder_call_per_micro_batch_equals_one_call_per_caption(host,
     with adapter.training_mode():
         backend = prepared(model, clip)
         vectors = backend.initial_vectors("and")
-        captions = ["a cat ohwx a dog", "cat ohwx dog", "(a red:1.2) cube ohwx a ball"]
+        captions = [f"a cat {R} a dog", f"cat {R} dog", f"(a red:1.2) cube {R} a ball"]
         calls = []
         real = clip.encode_from_tokens
         clip.encode_from_tokens = lambda *a, **k: calls.append(1) or real(*a, **k)
@@ -67,44 +69,46 @@ def test_memory_modes_give_the_reference_gradient(host, tiny, family):
     against finite differences), on both hosts despite their in-place code."""
     from reversion_comfy import adapter
     model, clip, _ = tiny(family)
-    with adapter.training_mode(), adapter.frozen_weights(model.model, clip.cond_stage_model):
-        backend = prepared(model, clip)
-        inputs = batch_inputs(backend)
-        vectors = {k: v + 0.01 * torch.randn(v.shape, generator=torch.Generator().manual_seed(1))
-                   for k, v in backend.initial_vectors("and").items()}
-        backend.plan_memory(inputs[0], inputs[1][0], 3)
-        # reference: every saved tensor cloned, no checkpointing, one forward
-        leaves = {k: v.detach().clone().requires_grad_(True) for k, v in vectors.items()}
-        with adapter.inplace_safe():
-            cond, pooled = backend.encode_batch(leaves, inputs[1])
-            x0 = model.model.process_latent_in(inputs[0])
-            sigma = adapter.sigma_for_timestep(backend.ms, inputs[2])
-            x = adapter.noisy_latent(x0, inputs[3], sigma)
-            denoised = model.model.apply_model(x, sigma, **backend.model_conds(cond, pooled, x))
-        pred, target = adapter.prediction_and_target(backend.ms, x, x0, inputs[3], sigma, denoised)
-        ref_loss = torch.nn.functional.mse_loss(pred, target)
-        ref_loss.backward()
-        reference = {k: v.grad for k, v in leaves.items()}
-        for mode, chunk in (("fast", None), ("lean", None), ("lean", 1), ("lean", 2)):
-            loss, grads = loss_gradient(backend, vectors, inputs, mode, chunk)
-            assert loss.item() == pytest.approx(ref_loss.item(), rel=1e-5), (mode, chunk)
-            for k in reference:
-                assert grads[k].abs().max() > 0
-                torch.testing.assert_close(grads[k], reference[k], rtol=1e-4, atol=1e-7, msg=f"{mode} {chunk} {k}")
-        backend.close()
+    with adapter.training_mode():
+        backend = prepared(model, clip)       # weights made autograd-usable before freezing them
+        with adapter.frozen_weights(model.model, clip.cond_stage_model):
+            inputs = batch_inputs(backend)
+            vectors = {k: v + 0.01 * torch.randn(v.shape, generator=torch.Generator().manual_seed(1))
+                       for k, v in backend.initial_vectors("and").items()}
+            backend.plan_memory(inputs[0], inputs[1][0], 3)
+            # reference: every saved tensor cloned, no checkpointing, one forward
+            leaves = {k: v.detach().clone().requires_grad_(True) for k, v in vectors.items()}
+            with adapter.inplace_safe():
+                cond, pooled = backend.encode_batch(leaves, inputs[1])
+                x0 = model.model.process_latent_in(inputs[0])
+                sigma = adapter.sigma_for_timestep(backend.ms, inputs[2])
+                x = adapter.noisy_latent(x0, inputs[3], sigma)
+                denoised = model.model.apply_model(x, sigma, **backend.model_conds(cond, pooled, x))
+            pred, target = adapter.prediction_and_target(backend.ms, x, x0, inputs[3], sigma, denoised)
+            ref_loss = torch.nn.functional.mse_loss(pred, target)
+            ref_loss.backward()
+            reference = {k: v.grad for k, v in leaves.items()}
+            for mode, chunk in (("fast", None), ("lean", None), ("lean", 1), ("lean", 2)):
+                loss, grads = loss_gradient(backend, vectors, inputs, mode, chunk)
+                assert loss.item() == pytest.approx(ref_loss.item(), rel=1e-5), (mode, chunk)
+                for k in reference:
+                    assert grads[k].abs().max() > 0
+                    torch.testing.assert_close(grads[k], reference[k], rtol=1e-4, atol=1e-7, msg=f"{mode} {chunk} {k}")
+            backend.close()
 
 
 def test_lean_gradient_matches_finite_differences(host, tiny):
     from reversion_comfy import adapter
     model, clip, _ = tiny("sd1")
-    with adapter.training_mode(), adapter.frozen_weights(model.model, clip.cond_stage_model):
-        backend = prepared(model, clip)
-        inputs = batch_inputs(backend, n=2)
-        start = backend.initial_vectors("and")["clip_l"]
-        backend.plan_memory(inputs[0], inputs[1][0], 2)
-        backend.plan = adapter.MemoryPlan("lean", 1, 2, "lean", {}, None)
-        analytic, numeric = directional_check(lambda v: backend.denoising_loss({"clip_l": v}, *inputs), start, h=0.05)
-        backend.close()
+    with adapter.training_mode():
+        backend = prepared(model, clip)       # weights made autograd-usable before freezing them
+        with adapter.frozen_weights(model.model, clip.cond_stage_model):
+            inputs = batch_inputs(backend, n=2)
+            start = backend.initial_vectors("and")["clip_l"]
+            backend.plan_memory(inputs[0], inputs[1][0], 2)
+            backend.plan = adapter.MemoryPlan("lean", 1, 2, "lean", {}, None)
+            analytic, numeric = directional_check(lambda v: backend.denoising_loss({"clip_l": v}, *inputs), start, h=0.05)
+            backend.close()
     assert analytic == pytest.approx(numeric, rel=0.02)
 
 
@@ -115,7 +119,7 @@ def test_clones_only_where_the_host_modifies_saved_tensors_in_place(host, tiny):
     model, clip, _ = tiny("sd1")
     with adapter.training_mode():
         backend = prepared(model, clip)
-        backend.plan_memory(torch.zeros(1, 4, 8, 8), "a cat ohwx a dog", 1)
+        backend.plan_memory(torch.zeros(1, 4, 8, 8), f"a cat {R} a dog", 1)
         found = backend.guard.clone_modules
         backend.close()
     clip_modules = set(clip.cond_stage_model.modules())
@@ -154,11 +158,12 @@ def test_training_runs_on_sdpa_whatever_the_host_attention(host, tiny):
     host_default = attention.optimized_attention
 
     def basic(*args, **kwargs):
-        calls.append(1)
+        if torch.is_grad_enabled():          # training; previews sample (no grad) on the host's choice
+            calls.append(1)
         return attention.attention_basic(*args, **kwargs)
     attention.optimized_attention = attention.optimized_attention_masked = basic
     try:
-        relation, _ = run_node(host, "ReVersionTrainRelation", "train", **train_inputs(model, clip, vae, "sdpa"))
+        relation, _, _ = run_node(host, "ReVersionTrainRelation", "train", **train_inputs(model, clip, vae, "sdpa"))
         assert calls == []
         assert attention.optimized_attention is basic                  # restored after training
         assert "SDPA" in relation.hyperparameters["memory"]["attention"]
@@ -200,11 +205,12 @@ def test_memory_estimate_is_linear_in_exemplars_and_pixels():
 
 def test_auto_choice_is_reported(host, tiny):
     model, clip, vae = tiny("sd1")
-    relation, _ = run_node(host, "ReVersionTrainRelation", "train",
+    relation, _, _ = run_node(host, "ReVersionTrainRelation", "train",
                            **train_inputs(model, clip, vae, "auto_report", memory="auto"))
     memory = relation.hyperparameters["memory"]
     assert memory["requested"] == "auto" and memory["mode"] == "fast"      # a tiny model fits
-    assert 0 < memory["needed_gib"]["lean"] < memory["needed_gib"]["fast"] < memory["free_gib"]
+    assert 0 < memory["needed_gib"]["lean"] < memory["needed_gib"]["fast"]
+    assert "free_gib" not in memory           # varies from run to run: shown on the node, not stored
 
 
 def test_full_size_sd15_trains_one_lean_update(host):
