@@ -25,7 +25,10 @@ CONDITIONS = ("R", "word", "init")      # <R>, the true relation word (oracle), 
 PREFIX = "reversion_demo"
 TRAIN = {"steps": 300, "batch_size": 8, "grad_accum": 1, "learning_rate": 6.25e-4, "scale_lr": True,
          "weight_decay": 0.01, "steering_weight": 0.01, "num_positives": 4, "temperature": 0.07,
-         "focal_alpha": 0.5, "init_word": "and", "train_seed": 2023}
+         "focal_alpha": 0.5, "init_word": "and", "train_seed": 2023,
+         # the optional widgets too, so the UI workflow and this graph agree input for input
+         "memory": "auto", "checkpoint_every": 100, "resume": False, "preview_every": 50, "preview_prompt": "",
+         "preview_steps": 12}
 SAMPLE = {"steps": 20, "cfg": 4.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}
 
 
