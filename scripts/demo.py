@@ -92,7 +92,8 @@ def main(argv=None):
             "oracle_entity_accuracy": scores["word"]["entity_accuracy"],
             "init_entity_accuracy": scores["init"]["entity_accuracy"],
             "n_images": scores["R"]["n_images"],
-            "train_seconds": rel.final_losses.get("seconds"),
+            # shown on the node (the relation file holds no timings: same seed, same bytes)
+            "train_seconds": entry.get("outputs", {}).get("3", {}).get("train_seconds", [None])[0],
             "train_steps": rel.steps,
             "final_losses": {k: rel.final_losses[k] for k in ("loss", "denoise", "steer")},
             "nearest_words": rel.nearest_words.get("clip_l", []),
