@@ -52,6 +52,48 @@ class Checkpointing:
     resume_from: dict | None = None
 
 
+def boundary(gen: torch.Generator, rng, order) -> dict:
+    """The random state that the next update starts from: taken after every complete update,
+    so that a cancelled update's draws are replayed on resume."""
+    return {"torch_rng": gen.get_state(), "python_rng": rng.getstate(), "order": order.state()}
+
+
+def snapshot(history: list[dict], vectors: dict, optimizer, at_boundary: dict, config: dict,
+             fingerprint_: str) -> dict:
+    """A checkpoint of the run after its last complete update."""
+    return {"step": len(history), "vectors": {k: v.detach().clone() for k, v in vectors.items()},
+            "optimizer": optimizer.state_dict(), **at_boundary, "history": list(history), "config": config,
+            "fingerprint": fingerprint_}
+
+
+def restore(state: dict, vectors: dict, optimizer, gen: torch.Generator, rng, order) -> list[dict]:
+    """Put a checkpoint's vectors, optimizer and random state back; returns its history."""
+    state = _fresh_copy(state)      # tensors loaded under a host's inference mode can't be updated
+    with torch.no_grad():
+        for k, v in vectors.items():
+            v.copy_(state["vectors"][k])
+    optimizer.load_state_dict(state["optimizer"])
+    gen.set_state(state["torch_rng"])
+    rng.setstate(_as_tuples(state["python_rng"]))
+    order.load_state(state["order"])
+    return list(state["history"])
+
+
+def _fresh_copy(x):
+    if isinstance(x, torch.Tensor):
+        return x.clone()
+    if isinstance(x, dict):
+        return {k: _fresh_copy(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_fresh_copy(v) for v in x)
+    return x
+
+
+def _as_tuples(x):
+    """random.setstate wants the nested tuples that a round trip through a file may make lists."""
+    return tuple(_as_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
 def save(state: dict, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

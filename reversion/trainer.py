@@ -136,24 +136,13 @@ def train(backend: Backend, latents: torch.Tensor, templates: list[list[str]], c
     resume = checkpointing.resume_from if checkpointing else None
     if resume is not None:
         checkpoint.check_compatible(resume, config.as_dict(), checkpointing.fingerprint)
-        resume = _fresh_copy(resume)      # tensors loaded under a host's inference mode can't be updated
-        with torch.no_grad():
-            for k, v in vectors.items():
-                v.copy_(resume["vectors"][k])
-        optimizer.load_state_dict(resume["optimizer"])
-        gen.set_state(resume["torch_rng"])
-        rng.setstate(_as_tuples(resume["python_rng"]))
-        order.load_state(resume["order"])
-        result.history = list(resume["history"])
+        result.history = checkpoint.restore(resume, vectors, optimizer, gen, rng, order)
+    boundary = checkpoint.boundary(gen, rng, order)       # random state after the last complete update
 
     def snapshot() -> dict:
-        """The run after its last completed update: what a checkpoint holds."""
-        return {"step": result.steps_done, "vectors": {k: v.detach().clone() for k, v in vectors.items()},
-                "optimizer": optimizer.state_dict(), "torch_rng": boundary[0], "python_rng": boundary[1],
-                "order": boundary[2], "history": list(result.history), "config": config.as_dict(),
-                "fingerprint": checkpointing.fingerprint}
+        return checkpoint.snapshot(result.history, vectors, optimizer, boundary, config.as_dict(),
+                                   checkpointing.fingerprint)
 
-    boundary = (gen.get_state(), rng.getstate(), order.state())
     start = time.perf_counter()
     try:
         for step in range(result.steps_done, config.steps):
@@ -183,7 +172,7 @@ def train(backend: Backend, latents: torch.Tensor, templates: list[list[str]], c
                     totals[k] += float(v.detach()) / config.grad_accum
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            boundary = (gen.get_state(), rng.getstate(), order.state())
+            boundary = checkpoint.boundary(gen, rng, order)
             record = {"step": step + 1, **totals}
             result.history.append(record)
             if checkpointing and checkpointing.every and (step + 1) % checkpointing.every == 0:
@@ -223,18 +212,3 @@ class ExemplarOrder:
 
     def load_state(self, state: dict) -> None:
         self.perm, self.pos = list(state["perm"]), int(state["pos"])
-
-
-def _fresh_copy(x):
-    if isinstance(x, torch.Tensor):
-        return x.clone()
-    if isinstance(x, dict):
-        return {k: _fresh_copy(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return type(x)(_fresh_copy(v) for v in x)
-    return x
-
-
-def _as_tuples(x):
-    """random.setstate wants the nested tuples that a round trip through a file may make lists."""
-    return tuple(_as_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
