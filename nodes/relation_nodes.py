@@ -54,24 +54,14 @@ class SaveRelation:
     @classmethod
     def VALIDATE_INPUTS(cls, name, overwrite):
         """At queue time: a taken name fails before the upstream training runs, not after it."""
-        try:
-            return written_files.conflict(rf.path_in(adapter.embeddings_directory(), name), overwrite,
-                                          allow_ours=True) or True
-        except ValueError as e:
-            return str(e)
+        return written_files.queue_check(name, overwrite)
 
     @classmethod
     def IS_CHANGED(cls, name, **_):
-        try:
-            return written_files.change_label(rf.path_in(adapter.embeddings_directory(), name))
-        except ValueError:
-            return written_files.INITIAL
+        return written_files.is_changed(name)
 
     def save(self, relation, name, overwrite):
-        path = rf.path_in(adapter.embeddings_directory(), name)
-        problem = written_files.conflict(path, overwrite)
-        if problem:
-            raise rf.RelationFileError(problem)
+        path = written_files.claim(name, overwrite)
         written_files.save_relation(relation, path, overwrite)
         text = f"saved {path.name} (embedding:{path.stem})"
         logging.getLogger("ReVersion").info("[ReVersion] Save Relation: wrote %s", path)

@@ -76,33 +76,21 @@ class TrainRelation:
     @classmethod
     def VALIDATE_INPUTS(cls, name, overwrite, resume=False):
         """At queue time, before any node runs: a bad name or a taken file fails in a second."""
-        try:
-            path = relation_file.path_in(adapter.embeddings_directory(), name)
-        except ValueError as e:
-            return str(e)
-        return (written_files.conflict(path, overwrite, allow_ours=True)
-                or (None if resume else checkpoint_conflict(path, overwrite)) or True)
+        return written_files.queue_check(name, overwrite, None if resume else checkpoint_conflict)
 
     @classmethod
     def IS_CHANGED(cls, name, **_):
         """Run again (instead of answering from the cache) if the file the last run wrote was
         deleted or replaced."""
-        try:
-            return written_files.change_label(relation_file.path_in(adapter.embeddings_directory(), name))
-        except ValueError:
-            return written_files.INITIAL
+        return written_files.is_changed(name)
 
     def train(self, model, clip, vae, exemplars, name, steps, batch_size, grad_accum, learning_rate,
               scale_lr, weight_decay, steering_weight, num_positives, temperature, focal_alpha,
               init_word, train_seed, overwrite, memory="auto", checkpoint_every=100, resume=False,
               init_relation=None, preview_every=100, preview_prompt="", preview_steps=12):
-        path = relation_file.path_in(adapter.embeddings_directory(), name)
-        resume_path = checkpoint.path_for(path)
         # everything that can fail does so before training, not after
-        problem = written_files.conflict(path, overwrite) or \
-            (None if resume else checkpoint_conflict(path, overwrite))
-        if problem:
-            raise relation_file.RelationFileError(problem)
+        path = written_files.claim(name, overwrite, None if resume else checkpoint_conflict)
+        resume_path = checkpoint.path_for(path)
         config = TrainConfig(steps=steps, batch_size=batch_size, grad_accum=grad_accum, base_lr=learning_rate,
                              scale_lr=scale_lr, weight_decay=weight_decay, steering_weight=steering_weight,
                              num_positives=num_positives, temperature=temperature, focal_alpha=focal_alpha,

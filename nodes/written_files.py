@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable
+
+# (path, overwrite) -> error text or None: a node's own extra file check (Train Relation's checkpoint)
+ExtraCheck = Callable[[Path, bool], "str | None"]
 
 INITIAL = "not rewritten"
 # absolute path -> {"written": state after our last write, "seen": state at the last IS_CHANGED,
@@ -46,6 +50,42 @@ def conflict(path: Path, overwrite: bool, allow_ours: bool = False) -> str | Non
         return None
     return (f"{path.name} already exists in {path.parent}; choose another name or switch 'overwrite' on "
             f"(nothing was trained or written)")
+
+
+def relation_path(name: str) -> Path:
+    """Where a relation named `name` is written (the name checked: no folders, no spaces)."""
+    from reversion import relation_file as rf
+    from reversion_comfy import adapter
+    return rf.path_in(adapter.embeddings_directory(), name)
+
+
+def queue_check(name: str, overwrite: bool, extra: ExtraCheck | None = None):
+    """VALIDATE_INPUTS of a node that writes relation `name`: True, or the error text. Runs when
+    the graph is queued, before any node; the file this server last wrote there passes, since
+    the node's cached result may stand for it."""
+    try:
+        path = relation_path(name)
+    except ValueError as e:
+        return str(e)
+    return conflict(path, overwrite, allow_ours=True) or (extra and extra(path, overwrite)) or True
+
+
+def claim(name: str, overwrite: bool, extra: ExtraCheck | None = None) -> Path:
+    """At run time, before any work: the path to write, or a RelationFileError if it is taken."""
+    from reversion import relation_file as rf
+    path = relation_path(name)
+    problem = conflict(path, overwrite) or (extra and extra(path, overwrite))
+    if problem:
+        raise rf.RelationFileError(problem)
+    return path
+
+
+def is_changed(name: str) -> str:
+    """IS_CHANGED of a node that writes relation `name` (see `change_label`)."""
+    try:
+        return change_label(relation_path(name))
+    except ValueError:
+        return INITIAL
 
 
 def change_label(path: Path) -> str:
