@@ -166,12 +166,10 @@ class SavedTensorGuard:
 
     @contextlib.contextmanager
     def measuring(self):
-        """Count unique activation storages saved for backward (weights excluded), by region."""
+        """Count unique activation storages saved for backward (weights excluded), by region;
+        `measured()` reads and ends the count."""
         self.meter = {}
-        try:
-            yield self
-        finally:
-            pass
+        yield self
 
     def measured(self) -> dict:
         out = {}
@@ -727,30 +725,23 @@ class ComfyBackend:
         template that does not fit would otherwise fail whenever training first draws it."""
         for template in sorted({t for ts in templates for t in ts}):
             check_no_standin(self.encoders, template.replace("{}", " "), f"template {template!r}")
-            caption = template.replace("{}", STANDIN)
-            for key, chunks in self.clip.tokenize(caption).items():
-                enc = next(e for e in self.encoders if e.token_key == key)
-                if len(chunks) != 1:
-                    n = len(enc.content_ids(caption))
-                    raise RelationError(f"template {template!r} is {n} tokens for the {enc.key} tokenizer; "
-                                        f"one caption holds at most 75 (a 77-token chunk less start and "
-                                        f"end): shorten it")
-                if [t[0] for t in chunks[0]].count(self.standin_ids[enc.key]) != 1:
-                    raise RelationError(f"template {template!r}: the relation slot '{{}}' must be a word of "
-                                        f"its own (spaces around it)")
+            self._tokenize(template.replace("{}", STANDIN), template)
 
-    def _tokenize(self, caption: str) -> dict:
+    def _tokenize(self, caption: str, template: str | None = None) -> dict:
+        """A caption's tokens (cached), refused unless it fits one 77-token chunk of every
+        tokenizer with the stand-in in it exactly once; errors quote `template` if given."""
         if caption not in self._tokens:
+            what = f"template {template!r}" if template else f"caption {caption!r}"
             tokens = self.clip.tokenize(caption)
             for key, chunks in tokens.items():
-                if len(chunks) != 1:
-                    raise RelationError(f"caption {caption!r} is longer than one 77-token chunk; "
-                                        f"shorten the template")
-                ids = [t[0] for t in chunks[0]]
                 enc = next(e for e in self.encoders if e.token_key == key)
-                if ids.count(self.standin_ids[enc.key]) != 1:
-                    raise RelationError(f"caption {caption!r}: the relation slot must be its own word "
-                                        f"(spaces around '{{}}') and appear once")
+                if len(chunks) != 1:
+                    raise RelationError(f"{what} is {len(enc.content_ids(caption))} tokens for the {enc.key} "
+                                        f"tokenizer; one caption holds at most 75 (a 77-token chunk less start "
+                                        f"and end): shorten it")
+                if [t[0] for t in chunks[0]].count(self.standin_ids[enc.key]) != 1:
+                    raise RelationError(f"{what}: the relation slot '{{}}' must be a word of its own (spaces "
+                                        f"around it) and appear once")
             self._tokens[caption] = tokens
         return self._tokens[caption]
 
@@ -848,24 +839,29 @@ def _recording_encode(module, outputs: dict, key: str):
             module.encode = own
 
 
+def sample_images(model, clip, vae, positive, seed: int, batch: int, size: int, steps: int = 20,
+                  cfg: float = 4.0, sampler: str = "euler", scheduler: str = "normal") -> torch.Tensor:
+    """`batch` images (IMAGE [B, size, size, 3]) for a CONDITIONING through the stock nodes:
+    EmptyLatentImage -> KSampler (negative: the empty prompt) -> VAEDecode, under no_grad."""
+    import nodes
+    with torch.no_grad():
+        (negative,) = nodes.CLIPTextEncode().encode(clip, "")
+        (latent,) = nodes.EmptyLatentImage().generate(size, size, batch)
+        (out,) = nodes.KSampler().sample(model, seed, steps, cfg, sampler, scheduler, positive, negative, latent)
+        return nodes.VAEDecode().decode(vae, out)[0]
+
+
 def sample_preview(model, clip, vae, vectors: dict[str, torch.Tensor], prompt: str, seed: int, steps: int,
                    size: int, cfg: float = 5.0) -> torch.Tensor:
     """One image of `prompt` (with <R>) drawn with the current vectors on the model being
-    trained: stock text encoding, `common_ksampler` (euler, fixed seed) and VAE decode.
-
-    Uses no random state of the training loop (the sampler seeds its own noise), and runs
-    under no_grad rather than inference mode, so no inference tensors end up in host caches
-    that the next training update would touch. Returns an IMAGE [1, H, W, 3].
-    """
-    import nodes
+    trained (`sample_images`, euler, fixed seed). Uses no random state of the training loop
+    (the sampler seeds its own noise), and runs under no_grad rather than inference mode, so
+    no inference tensors end up in host caches that the next training update would touch."""
     from reversion.relation_file import Relation
     relation = Relation({k: v.detach() for k, v in vectors.items()}, name="preview")
     with torch.no_grad():
         positive = encode_with_relation(clip, relation, prompt)
-        (negative,) = nodes.CLIPTextEncode().encode(clip, "")
-        (latent,) = nodes.EmptyLatentImage().generate(size, size, 1)
-        (out,) = nodes.common_ksampler(model, seed, steps, cfg, "euler", "normal", positive, negative, latent)
-        return vae.decode(out["samples"]).detach().float().cpu().clamp(0, 1)
+    return sample_images(model, clip, vae, positive, seed, 1, size, steps, cfg).float().cpu().clamp(0, 1)
 
 
 def progress(total: int):

@@ -232,15 +232,11 @@ def load(path: Path | str = WEIGHTS, embedding_directory=None):
 
 def sample(model, clip, vae, positive, seed: int, batch: int, steps: int = 20, cfg: float = 4.0,
            sampler: str = "euler", scheduler: str = "normal"):
-    """`batch` images (IMAGE tensor, 256 px) for a CONDITIONING, through the stock nodes
-    EmptyLatentImage -> KSampler (negative: the empty prompt) -> VAEDecode, run the way the
-    executor runs them (inference mode)."""
-    import nodes
+    """`batch` images (IMAGE tensor, 256 px) for a CONDITIONING through the stock nodes
+    (`adapter.sample_images`), run the way the executor runs them (inference mode)."""
+    from reversion_comfy import adapter
     with torch.inference_mode():
-        negative = nodes.CLIPTextEncode().encode(clip, "")[0]
-        latent = nodes.EmptyLatentImage().generate(IMAGE_SIZE, IMAGE_SIZE, batch)[0]
-        out = nodes.KSampler().sample(model, seed, steps, cfg, sampler, scheduler, positive, negative, latent)[0]
-        return nodes.VAEDecode().decode(vae, out)[0]
+        return adapter.sample_images(model, clip, vae, positive, seed, batch, IMAGE_SIZE, steps, cfg, sampler, scheduler)
 
 
 def encode(clip, text: str):
