@@ -301,7 +301,6 @@ def gpu_part(out: Path, tiny: bool = False):
     whatever device ComfyUI picked, small images, to test this code)."""
     import full_models
     import tiny_models
-    from reversion_comfy import adapter
     cuda = torch.cuda.is_available()
     cases = [("sd1", 64, 2)] if tiny else [("sd1", 512, 2), ("sdxl", 1024, 2)]
     dtypes = (torch.float32, torch.bfloat16) if tiny else (torch.float32, torch.float16, torch.bfloat16)

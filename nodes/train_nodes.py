@@ -203,7 +203,7 @@ def progress_callback(total: int, preview=None, preview_every: int = 0, log_ever
     return callback
 
 
-def side_by_side(curve, sample) -> "Image.Image":
+def side_by_side(curve, sample):
     """The loss curve with the latest preview sample to its right, scaled to its height."""
     from PIL import Image
     curve = Image.fromarray(curve)

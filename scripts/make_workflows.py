@@ -81,6 +81,22 @@ If <R> learned the relation, its row looks like the oracle row, not like the 'an
 """
 
 
+def sample_chain(g, m, ckpt, positive, negative, latent, x, y, save_size, prefix, **save_options) -> list:
+    """KSampler (seed 0, the model's sampler settings) -> VAEDecode -> SaveImage at column `x`,
+    row `y`, wired to the checkpoint loader's MODEL and VAE; returns the three nodes."""
+    ks = g.node("KSampler", (x, y), (340, 280), seed=0, **m["sample"])
+    g.link(ckpt, 0, ks, "model")
+    g.link(positive, 0, ks, "positive")
+    g.link(negative, 0, ks, "negative")
+    g.link(latent, 0, ks, "latent_image")
+    dec = g.node("VAEDecode", (x, y + 340), (340, 50))
+    g.link(ks, 0, dec, "samples")
+    g.link(ckpt, 2, dec, "vae")
+    save = g.node("SaveImage", (x + 400, y), save_size, filename_prefix=prefix, **save_options)
+    g.link(dec, 0, save, "images")
+    return [ks, dec, save]
+
+
 def train_workflow(info: dict, key: str) -> dict:
     m = MODELS[key]
     g = uw.UIGraph(info)
@@ -113,17 +129,8 @@ def train_workflow(info: dict, key: str) -> dict:
     g.link(ckpt, 1, neg, "clip")
     latent = g.node("EmptyLatentImage", (1040, y + 460), (400, 110), width=m["size"], height=m["size"],
                     batch_size=4)
-    ks = g.node("KSampler", (1500, y), (340, 280), seed=0, **m["sample"])
-    g.link(ckpt, 0, ks, "model")
-    g.link(pos, 0, ks, "positive")
-    g.link(neg, 0, ks, "negative")
-    g.link(latent, 0, ks, "latent_image")
-    dec = g.node("VAEDecode", (1500, y + 340), (340, 50))
-    g.link(ks, 0, dec, "samples")
-    g.link(ckpt, 2, dec, "vae")
-    save = g.node("SaveImage", (1900, y), (480, 520), filename_prefix=f"reversion/{RELATION}")
-    g.link(dec, 0, save, "images")
-    g.group("4. Try <R> in a prompt", [pos, neg, latent, ks, dec, save], COLOURS["sample"])
+    chain = sample_chain(g, m, ckpt, pos, neg, latent, 1500, y, (480, 520), f"reversion/{RELATION}")
+    g.group("4. Try <R> in a prompt", [pos, neg, latent, *chain], COLOURS["sample"])
     return g.to_json()
 
 
@@ -153,19 +160,8 @@ def use_workflow(info: dict, key: str) -> dict:
     outs = []
     for row, (enc, label) in enumerate(((enc_r, "<R> via Relation Text Encode"),
                                         (enc_e, f"embedding:{RELATION}"))):
-        y = 80 + row * 620
-        ks = g.node("KSampler", (1560, y), (340, 280), seed=0, **m["sample"])
-        g.link(ckpt, 0, ks, "model")
-        g.link(enc, 0, ks, "positive")
-        g.link(neg, 0, ks, "negative")
-        g.link(latent, 0, ks, "latent_image")
-        dec = g.node("VAEDecode", (1560, y + 340), (340, 50))
-        g.link(ks, 0, dec, "samples")
-        g.link(ckpt, 2, dec, "vae")
-        save = g.node("SaveImage", (1960, y), (460, 520), title=label,
-                      filename_prefix=f"reversion/{RELATION}_{'R' if row == 0 else 'embedding'}")
-        g.link(dec, 0, save, "images")
-        outs += [ks, dec, save]
+        outs += sample_chain(g, m, ckpt, enc, neg, latent, 1560, 80 + row * 620, (460, 520),
+                             f"reversion/{RELATION}_{'R' if row == 0 else 'embedding'}", title=label)
     g.group("4. Same seed, two routes: the images match", outs, COLOURS["sample"])
     return g.to_json()
 

@@ -79,6 +79,24 @@ def server(comfy_server):
     return comfy_server
 
 
+def small_exemplars(n=2, size=64):
+    """`n` random exemplar images (seeded) with two templates each."""
+    from reversion import exemplars as ex
+    g = torch.Generator().manual_seed(3)
+    return ex.Exemplars(torch.rand(n, size, size, 3, generator=g), [["a cat {} a dog", "cat {} dog"]] * n)
+
+
+def train_inputs(model, clip, vae, name, **overrides):
+    """Train Relation's inputs for a quick run (2 updates of 2 exemplars, 1-step preview);
+    `overrides` replace any of them."""
+    inputs = dict(model=model, clip=clip, vae=vae, exemplars=small_exemplars(), name=name, steps=2, batch_size=2,
+                  grad_accum=1, learning_rate=1e-2, scale_lr=False, weight_decay=1e-2, steering_weight=0.01,
+                  num_positives=4, temperature=0.07, focal_alpha=0.5, init_word="and", train_seed=1, overwrite=True,
+                  preview_steps=1)
+    inputs.update(overrides)
+    return inputs
+
+
 def run_node(host, node_name, method, **inputs):
     """Call a node's function the way the executor does: under inference mode. Returns the
     output tuple (the "result" part of a {"ui": ..., "result": ...} answer)."""

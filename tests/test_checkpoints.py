@@ -6,24 +6,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import run_node
+from conftest import run_node, small_exemplars, train_inputs
 from reversion import checkpoint
 from reversion import exemplars as ex
 from reversion import relation_file as rf
 
 
-def exemplars():
-    return ex.from_images(torch.rand(2, 32, 32, 3, generator=torch.Generator().manual_seed(3)),
-                          ["a cat {} a dog"])
-
-
 def inputs(model, clip, vae, name, **overrides):
-    d = dict(model=model, clip=clip, vae=vae, exemplars=exemplars(), name=name, steps=6, batch_size=2,
-             grad_accum=2, learning_rate=1e-2, scale_lr=False, weight_decay=1e-2, steering_weight=0.01,
-             num_positives=4, temperature=0.07, focal_alpha=0.5, init_word="and", train_seed=11, overwrite=False,
-             checkpoint_every=2, preview_steps=1)
-    d.update(overrides)
-    return d
+    """conftest's inputs for 6 updates of 2 x 2 with a checkpoint every 2, never overwriting."""
+    return train_inputs(model, clip, vae, name, **{"exemplars": small_exemplars(size=32), "steps": 6, "grad_accum": 2,
+                                                   "train_seed": 11, "overwrite": False, "checkpoint_every": 2,
+                                                   **overrides})
 
 
 @pytest.fixture

@@ -8,27 +8,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import run_node
+from conftest import run_node, small_exemplars, train_inputs
 from reversion import exemplars as ex
 from reversion import relation_file as rf
-from reversion.trainer import TrainConfig
 
 FAMILIES = ["sd1", "sd2v", "sdxl"]
-
-
-def small_exemplars(n=2, size=64):
-    g = torch.Generator().manual_seed(3)
-    return ex.Exemplars(torch.rand(n, size, size, 3, generator=g),
-                        [["a cat {} a dog", "cat {} dog"]] * n)
-
-
-def train_inputs(model, clip, vae, name, **overrides):
-    inputs = dict(model=model, clip=clip, vae=vae, exemplars=small_exemplars(), name=name, steps=2, batch_size=2,
-                  grad_accum=1, learning_rate=1e-2, scale_lr=False, weight_decay=1e-2, steering_weight=0.01,
-                  num_positives=4, temperature=0.07, focal_alpha=0.5, init_word="and", train_seed=1, overwrite=True,
-                  preview_steps=1)
-    inputs.update(overrides)
-    return inputs
 
 
 def backend_for(model, clip):

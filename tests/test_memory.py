@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import run_node
-from test_host import directional_check, small_exemplars, train_inputs
+from conftest import run_node, small_exemplars, train_inputs
+from test_host import directional_check
 
 from reversion_comfy.adapter import STANDIN as R  # noqa: E402  the stand-in token for <R>
 

@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from conftest import run_node, run_node_ui
+from conftest import train_inputs as shared_train_inputs
 from reversion import exemplars as ex
 from reversion import relation_file as rf
 
@@ -247,12 +248,9 @@ def toy_exemplars(templates=("a cat {} a dog",)):
 
 
 def train_inputs(model, clip, vae, name, **overrides):
-    inputs = dict(model=model, clip=clip, vae=vae, exemplars=toy_exemplars(), name=name, steps=1, batch_size=2,
-                  grad_accum=1, learning_rate=1e-2, scale_lr=False, weight_decay=1e-2, steering_weight=0.01,
-                  num_positives=4, temperature=0.07, focal_alpha=0.5, init_word="and", train_seed=1, overwrite=False,
-                  preview_steps=1)
-    inputs.update(overrides)
-    return inputs
+    """conftest's inputs, but one update on 32 px exemplars and never overwriting."""
+    return shared_train_inputs(model, clip, vae, name,
+                               **{"exemplars": toy_exemplars(), "steps": 1, "overwrite": False, **overrides})
 
 
 @pytest.fixture

@@ -127,7 +127,7 @@ def test_save_relation_confirms_on_the_node(host, tiny):
 
 
 def test_training_logs_progress_and_reports_on_the_node(host, tiny, caplog):
-    from test_host import train_inputs
+    from conftest import train_inputs
     model, clip, vae = tiny("sd1")
     node = host.node("ReVersionTrainRelation")
     import torch
