@@ -66,7 +66,7 @@ toy-gate: setup
 # ReVersion's ablations (steering, focal sampling), steering sweep and steps curve on the toy
 # world: bench/results/quality.json(l). Hours on 2 CPU cores; resumable (rerun to continue).
 bench-quality: setup
-	$(PY) bench/bench_quality.py --curve 50 100 200 400 --threads 2
+	$(PY) bench/bench_quality.py --curve 50 100 200 --threads 2
 
 bench: setup
 	$(PY) bench/bench_train_step.py

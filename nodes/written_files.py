@@ -118,8 +118,6 @@ def save_relation(relation, path: Path, overwrite: bool) -> Path:
     from reversion import relation_file as rf
     try:
         rf.save(relation, path, overwrite=overwrite)
-    except rf.RelationFileError:
-        raise
     except OSError as e:
         kept = None
         for folder in fallback_directories():
