@@ -11,11 +11,22 @@ model (the trainer the node uses, `adapter.train_relation`):
     uniform     steering 0.01, alpha 0 (uniform timesteps)
     neither     steering 0,    alpha 0
 
-plus a steering-weight sweep (`--steering-weights`). Every trained <R> is scored by the
-judge on prompts with object pairs the toy model never saw with that relation and that are
-not among the exemplars (`--images` per record), next to three baselines without training:
-the true word (oracle), the init word "and", and no relation word. With `--curve`, the
-vectors are also scored at the listed update counts of the same runs (the steps curve).
+plus a steering-weight sweep (`--steering-weights`), on two exemplar sets (`--exemplar-sets`):
+
+    diverse      8 exemplars with different object pairs, fully captioned; scored by the
+                 judge on object pairs the toy model never saw with that relation and that
+                 are not among the exemplars
+    confounded   8 exemplars whose first object is always red and second always blue, with
+                 captions that name only the shapes ("a circle {} a square"); scored on
+                 colourless prompts for every pair of shapes. The leak rate is the share of
+                 images drawn red-then-blue again (1/12 by chance): the colours the captions
+                 left unsaid, soaked up by <R>. The paper's claim is that steering stops it.
+
+Every record has `--images` judged images, next to three baselines without training: the
+true word (oracle), the init word "and", and no relation word. With `--curve`, the 'full'
+vectors are also scored at the listed update counts of the same runs; with `--lr-curve`,
+'full' runs at each listed base lr are scored at `--lr-curve-steps` (the steps curve: the
+paper's lr 2.5e-4 x 8 = 2e-3 against a faster one).
 
 Records go to a JSON-lines file as they are made (a rerun skips records already there, so
 an interrupted run continues), and `--summary` writes bench/results/quality.json: per
@@ -36,6 +47,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+CONFOUND = ("red", "blue")      # the confounded exemplars' unnamed colours (first object, second object)
 VARIANTS = {"full": (0.01, 0.5), "no_steer": (0.0, 0.5), "uniform": (0.01, 0.0), "neither": (0.0, 0.0)}
 IMAGES_PER_PROMPT = 4
 # two-sided 95% Student t quantiles by degrees of freedom (interval over training seeds)
@@ -55,6 +67,10 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--curve", nargs="*", type=int, default=[],
                    help="also score the 'full' runs at these update counts, e.g. 50 100 200")
+    p.add_argument("--lr-curve", nargs="*", type=float, default=[],
+                   help="base lrs (x batch) of extra 'full' runs scored at --lr-curve-steps, e.g. 2.5e-4 6.25e-4")
+    p.add_argument("--lr-curve-steps", nargs="+", type=int, default=[50, 100, 200, 400, 800, 1600, 3000])
+    p.add_argument("--exemplar-sets", nargs="+", default=["diverse", "confounded"], choices=["diverse", "confounded"])
     p.add_argument("--images", type=int, default=48, help="judged images per record")
     p.add_argument("--exemplars", type=int, default=8)
     p.add_argument("--sample-steps", type=int, default=20, help="sampler steps per judged image (euler, cfg 4)")
@@ -72,12 +88,15 @@ class World:
         self.toy_model, self.sample_steps = toy_model, sample_steps
         self.model, self.clip, self.vae = toy_model.load()
 
-    def prompts(self, relation, exemplars, images):
+    def prompts(self, relation, exemplars, images, exemplar_set="diverse"):
         from reversion.toyworld import evaluate
         n = math.ceil(images / IMAGES_PER_PROMPT)
+        if exemplar_set == "confounded":        # the 6 colourless shape pairs, over and over (new seeds)
+            prompts = evaluate.colourless_prompts(relation)
+            return [prompts[i % len(prompts)] for i in range(n)]
         return evaluate.new_pair_prompts(relation, exemplars.names, n)
 
-    def score(self, encode, prompts, images) -> dict:
+    def score(self, encode, prompts, images, exemplar_set="diverse") -> dict:
         """`encode(prompt) -> CONDITIONING`; `images` judged images, fixed sampler seeds."""
         from reversion.toyworld import evaluate
         out, judged = [], []
@@ -87,9 +106,11 @@ class World:
                                           steps=self.sample_steps)
             out += list(batch.cpu().numpy())
             judged += [p] * k
+        if exemplar_set == "confounded":
+            s = evaluate.score_colourless(out, judged, CONFOUND)
+            return {k: s[k] for k in ("relation_accuracy", "entity_accuracy", "leak_rate", "n_images")}
         s = evaluate.score(out, judged)
-        return {"relation_accuracy": s["relation_accuracy"], "entity_accuracy": s["entity_accuracy"],
-                "n_images": s["n_images"]}
+        return {k: s[k] for k in ("relation_accuracy", "entity_accuracy", "n_images")}
 
     def relation_encoder(self, vectors):
         from reversion.relation_file import Relation
@@ -113,11 +134,11 @@ class World:
                 out[w] = round(float(v @ row), 4)
         return out
 
-    def train(self, exemplars, steering, alpha, seed, args, snapshot_steps=()):
+    def train(self, exemplars, steering, alpha, seed, args, snapshot_steps=(), steps=None, lr=None):
         """The node's trainer on the toy model; returns (final vectors, {step: vectors})."""
         from reversion.trainer import TrainConfig
         from reversion_comfy import adapter
-        config = TrainConfig(steps=args.steps, batch_size=args.batch, grad_accum=1, base_lr=args.lr,
+        config = TrainConfig(steps=steps or args.steps, batch_size=args.batch, grad_accum=1, base_lr=lr or args.lr,
                              scale_lr=True, steering_weight=steering, focal_alpha=alpha, seed=seed)
         snapshots = {}
 
@@ -141,50 +162,79 @@ def load_records(path: Path) -> list[dict]:
 
 
 def run(args) -> list[dict]:
-    from reversion.toyworld import exemplars as make_exemplars
+    from reversion import toyworld
     from reversion.toyworld import scenes
     world = World(args.sample_steps)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     records = load_records(out)
-    done = {(r["relation"], r["variant"], r["seed"], r["steps"]) for r in records}   # variant names the sweep weight
+    done = {key(r) for r in records}
 
     def emit(record):
         records.append(record)
         with out.open("a") as f:
             f.write(json.dumps(record) + "\n")
-        print(json.dumps({k: record[k] for k in ("relation", "variant", "seed", "steps", "relation_accuracy",
-                                                  "entity_accuracy")}), flush=True)
+        print(json.dumps({k: record[k] for k in ("relation", "exemplars", "variant", "seed", "steps",
+                                                  "relation_accuracy", "entity_accuracy", "leak_rate")
+                          if k in record}), flush=True)
 
     runs = [(v, *VARIANTS[v]) for v in args.variants] + [("full", w, 0.5) for w in args.steering_weights]
     for relation in args.relations:
         words = [w for w in scenes.SYNONYMS[relation] if " " not in w]
-        for seed in args.seeds:
-            exemplars = make_exemplars(relation, args.exemplars, seed=seed)
-            prompts = world.prompts(relation, exemplars, args.images)
-            base = {"relation": relation, "seed": seed, "exemplars": "diverse", "n_exemplars": len(exemplars)}
-            for variant, word in (("oracle", relation), ("init", "and"), ("none", "")):
-                if (relation, variant, seed, 0) not in done:
-                    emit({**base, "variant": variant, "steering_weight": None, "focal_alpha": None, "steps": 0,
-                          **world.score(world.word_encoder(word), prompts, args.images)})
-            for variant, steering, alpha in runs:
-                swept = variant == "full" and steering != VARIANTS["full"][0]
-                name = f"full_steer_{steering:g}" if swept else variant
-                if (relation, name, seed, args.steps) in done:
+        for exemplar_set in args.exemplar_sets:
+            for seed in args.seeds:
+                if exemplar_set == "confounded":
+                    exemplars = toyworld.confounded_exemplars(relation, args.exemplars, seed, CONFOUND)
+                else:
+                    exemplars = toyworld.exemplars(relation, args.exemplars, seed=seed)
+                prompts = world.prompts(relation, exemplars, args.images, exemplar_set)
+                base = {"relation": relation, "seed": seed, "exemplars": exemplar_set, "n_exemplars": len(exemplars)}
+
+                def score(encoder):
+                    return world.score(encoder, prompts, args.images, exemplar_set)
+                for variant, word in (("oracle", relation), ("init", "and"), ("none", "")):
+                    if key({**base, "variant": variant, "steps": 0}) not in done:
+                        emit({**base, "variant": variant, "steering_weight": None, "focal_alpha": None, "steps": 0,
+                              **score(world.word_encoder(word))})
+                for variant, steering, alpha in runs:
+                    swept = variant == "full" and steering != VARIANTS["full"][0]
+                    name = f"full_steer_{steering:g}" if swept else variant
+                    if key({**base, "variant": name, "steps": args.steps}) in done:
+                        continue
+                    curve = tuple(s for s in args.curve if s < args.steps) if name == "full" else ()
+                    t0 = time.perf_counter()
+                    vectors, snapshots = world.train(exemplars, steering, alpha, seed, args, curve)
+                    seconds = time.perf_counter() - t0
+                    common = {**base, "variant": name, "steering_weight": steering, "focal_alpha": alpha}
+                    for step, vecs in sorted(snapshots.items()):
+                        if key({**common, "steps": step}) not in done:
+                            emit({**common, "steps": step, **score(world.relation_encoder(vecs))})
+                    emit({**common, "steps": args.steps, "train_seconds": round(seconds, 1),
+                          "cosine_true_words": world.cosines(vectors, words),
+                          "cosine_init_word": world.cosines(vectors, ["and"]),
+                          "cosine_confound_words": world.cosines(vectors, list(CONFOUND)),
+                          **score(world.relation_encoder(vectors))})
+                if exemplar_set != "diverse":
                     continue
-                curve = tuple(s for s in args.curve if s < args.steps) if name == "full" else ()
-                t0 = time.perf_counter()
-                vectors, snapshots = world.train(exemplars, steering, alpha, seed, args, curve)
-                seconds = time.perf_counter() - t0
-                common = {**base, "variant": name, "steering_weight": steering, "focal_alpha": alpha}
-                for step, vecs in sorted(snapshots.items()):
-                    if (relation, name, seed, step) not in done:
-                        emit({**common, "steps": step, **world.score(world.relation_encoder(vecs), prompts, args.images)})
-                emit({**common, "steps": args.steps, "train_seconds": round(seconds, 1),
-                      "cosine_true_words": world.cosines(vectors, words),
-                      "cosine_init_word": world.cosines(vectors, ["and"]),
-                      **world.score(world.relation_encoder(vectors), prompts, args.images)})
+                for lr in args.lr_curve:                # the steps curve: 'full' at another lr
+                    common = {**base, "variant": f"full_lr_{lr * args.batch:g}", "steering_weight": VARIANTS["full"][0],
+                              "focal_alpha": VARIANTS["full"][1], "lr": lr * args.batch}
+                    steps = sorted(args.lr_curve_steps)
+                    if all(key({**common, "steps": s}) in done for s in steps):
+                        continue
+                    t0 = time.perf_counter()
+                    _, snapshots = world.train(exemplars, *VARIANTS["full"], seed, args, steps, steps=steps[-1], lr=lr)
+                    seconds = time.perf_counter() - t0
+                    for step, vecs in sorted(snapshots.items()):
+                        if key({**common, "steps": step}) not in done:
+                            emit({**common, "steps": step, "train_seconds": round(seconds * step / steps[-1], 1),
+                                  **score(world.relation_encoder(vecs))})
     return records
+
+
+def key(record: dict) -> tuple:
+    """What makes a record unique (the sweep weight and the lr are in the variant's name)."""
+    return (record["relation"], record.get("exemplars", "diverse"), record["variant"], record["seed"], record["steps"])
 
 
 def interval(values: list[float]) -> dict:
@@ -198,21 +248,29 @@ def interval(values: list[float]) -> dict:
 
 
 def summarise(records: list[dict], final_steps: int) -> dict:
-    """Per variant: overall and per relation, over seeds; plus the steps curve."""
-    summary: dict = {"variants": {}, "curve": {}}
-    finals = [r for r in records if r["steps"] in (0, final_steps)]
-    for variant in sorted({r["variant"] for r in finals}):
-        rs = [r for r in finals if r["variant"] == variant]
-        entry = {"overall": {m: interval([r[m] for r in rs]) for m in ("relation_accuracy", "entity_accuracy")},
-                 "per_relation": {}}
-        for relation in sorted({r["relation"] for r in rs}):
-            rr = [r for r in rs if r["relation"] == relation]
-            entry["per_relation"][relation] = {m: interval([r[m] for r in rr])
-                                               for m in ("relation_accuracy", "entity_accuracy")}
-        summary["variants"][variant] = entry
-    for step in sorted({r["steps"] for r in records if r["variant"] == "full" and r["steps"]}):
-        rs = [r for r in records if r["variant"] == "full" and r["steps"] == step]
+    """Per exemplar set and variant: overall and per relation, over seeds (and relations);
+    the steps curve of the 'full' runs; the lr curves."""
+    summary: dict = {"variants": {}, "confounded": {}, "curve": {}, "lr_curve": {}}
+    finals = [r for r in records if r["steps"] in (0, final_steps) and not r["variant"].startswith("full_lr_")]
+    for exemplar_set, target in (("diverse", summary["variants"]), ("confounded", summary["confounded"])):
+        in_set = [r for r in finals if r.get("exemplars", "diverse") == exemplar_set]
+        metrics = ("relation_accuracy", "entity_accuracy") + (("leak_rate",) if exemplar_set == "confounded" else ())
+        for variant in sorted({r["variant"] for r in in_set}):
+            rs = [r for r in in_set if r["variant"] == variant]
+            entry = {"overall": {m: interval([r[m] for r in rs]) for m in metrics}, "per_relation": {}}
+            for relation in sorted({r["relation"] for r in rs}):
+                rr = [r for r in rs if r["relation"] == relation]
+                entry["per_relation"][relation] = {m: interval([r[m] for r in rr]) for m in metrics}
+            target[variant] = entry
+    diverse = [r for r in records if r.get("exemplars", "diverse") == "diverse"]
+    for step in sorted({r["steps"] for r in diverse if r["variant"] == "full" and r["steps"]}):
+        rs = [r for r in diverse if r["variant"] == "full" and r["steps"] == step]
         summary["curve"][str(step)] = interval([r["relation_accuracy"] for r in rs])
+    for variant in sorted({r["variant"] for r in diverse if r["variant"].startswith("full_lr_")}):
+        rs = [r for r in diverse if r["variant"] == variant]
+        summary["lr_curve"][variant[len("full_lr_"):]] = {
+            str(step): interval([r["relation_accuracy"] for r in rs if r["steps"] == step])
+            for step in sorted({r["steps"] for r in rs})}
     return summary
 
 

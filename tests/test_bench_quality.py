@@ -19,19 +19,25 @@ def test_quality_benchmark_slice_runs_and_resumes(host, tmp_path):
     bench = load_bench()
     out, summary = tmp_path / "q.jsonl", tmp_path / "q.json"
     argv = ["--relations", "on top of", "--seeds", "0", "--variants", "full", "no_steer", "--steering-weights",
-            "--steps", "4", "--curve", "2", "--images", "2", "--sample-steps", "4", "--out", str(out), "--summary", str(summary)]
+            "--steps", "4", "--curve", "2", "--lr-curve", "1e-3", "--lr-curve-steps", "2", "3",
+            "--images", "2", "--sample-steps", "4", "--out", str(out), "--summary", str(summary)]
     bench.main(argv)
     records = [json.loads(line) for line in out.read_text().splitlines()]
-    kinds = sorted((r["variant"], r["steps"]) for r in records)
-    assert kinds == [("full", 2), ("full", 4), ("init", 0), ("no_steer", 4), ("none", 0), ("oracle", 0)]
+    kinds = sorted((r["exemplars"], r["variant"], r["steps"]) for r in records)
+    per_set = [("full", 2), ("full", 4), ("init", 0), ("no_steer", 4), ("none", 0), ("oracle", 0)]
+    assert kinds == sorted([("confounded", *k) for k in per_set] + [("diverse", *k) for k in per_set]
+                           + [("diverse", "full_lr_0.008", 2), ("diverse", "full_lr_0.008", 3)])
     for r in records:
         assert r["relation"] == "on top of" and r["n_images"] == 2
         assert 0.0 <= r["relation_accuracy"] <= 1.0 and 0.0 <= r["entity_accuracy"] <= 1.0
-    full = next(r for r in records if r["variant"] == "full" and r["steps"] == 4)
+        assert ("leak_rate" in r) == (r["exemplars"] == "confounded")
+    full = next(r for r in records if r["variant"] == "full" and r["steps"] == 4 and r["exemplars"] == "confounded")
     assert set(full["cosine_init_word"]) == {"and"} and -1.0 <= full["cosine_init_word"]["and"] <= 1.0
+    assert set(full["cosine_confound_words"]) == {"red", "blue"} and 0.0 <= full["leak_rate"] <= 1.0
     assert full["steering_weight"] == 0.01 and full["focal_alpha"] == 0.5
     result = json.loads(summary.read_text())
     assert result["variants"]["full"]["overall"]["relation_accuracy"]["n"] == 1
-    assert set(result["curve"]) == {"2", "4"}
+    assert result["confounded"]["full"]["overall"]["leak_rate"]["n"] == 1
+    assert set(result["curve"]) == {"2", "4"} and set(result["lr_curve"]["0.008"]) == {"2", "3"}
     bench.main(argv)                                    # everything is there: nothing is redone
     assert len(out.read_text().splitlines()) == len(records)

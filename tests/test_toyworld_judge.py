@@ -95,3 +95,22 @@ def test_inner_object_sits_inside_with_a_margin_and_on_top_of_touches(seed):
         assert scenes.touching(scenes.obj_mask(t.a), scenes.obj_mask(t.b))
         assert not (scenes.obj_mask(t.a) & scenes.obj_mask(t.b)).any()
         assert {t.a.size, t.b.size} <= set(scenes.OBJECT_SIZES)
+
+
+def test_confounded_exemplars_share_unnamed_colours_and_the_shape_judge_reads_them():
+    """The confounded set: red first object, blue second, captions naming only shapes; the
+    shape judge scores colourless prompts exactly on rendered scenes and reads the colours."""
+    from reversion.toyworld import confounded_exemplars, evaluate
+    ex = confounded_exemplars("inside", 8, seed=0)
+    assert all(n.startswith("red ") and " / blue " in n for n in ex.names)
+    assert all("red" not in t and "blue" not in t and "{}" in t for ts in ex.templates for t in ts)
+    for relation in scenes.RELATIONS:
+        chosen = scenes.confounded_scenes(relation, 12, seed=3)
+        prompts = [evaluate.Prompt(s.a.shape, relation, s.b.shape) for s in chosen]
+        result = evaluate.score_colourless([scenes.render(s) for s in chosen], prompts, ("red", "blue"))
+        assert (result["relation_accuracy"], result["entity_accuracy"], result["leak_rate"]) == (1.0, 1.0, 1.0)
+        other = evaluate.score_colourless([scenes.render(s) for s in chosen], prompts, ("blue", "red"))
+        assert other["leak_rate"] == 0.0
+    wrong = scenes.render(scenes.make_scene(np.random.default_rng(0), "above", "green circle", "yellow square"))
+    v = evaluate.judge.judge_shapes(wrong, "circle", "below", "square")
+    assert v.shapes_ok and not v.relation_ok and v.colours == ("green", "yellow")

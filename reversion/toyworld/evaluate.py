@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+import itertools
 
 import numpy as np
 
@@ -58,6 +59,28 @@ def score(images, prompts: list[Prompt]) -> dict:
         "entity_accuracy": float(np.mean([v.entities_ok for v in verdicts])),
         "n_images": len(verdicts),
         "per_relation": per_relation,
+        "seen": [v.seen for v in verdicts],
+    }
+
+
+def colourless_prompts(relation: str) -> list[Prompt]:
+    """"a circle <relation> a square" for every ordered pair of different shapes: prompts
+    that leave the colours open (the confounded-exemplar test)."""
+    return [Prompt(a, relation, b) for a, b in itertools.permutations(scenes.SHAPES, 2)]
+
+
+def score_colourless(images, prompts: list[Prompt], confound: tuple[str, str]) -> dict:
+    """images[i] was generated for the colourless prompts[i]. Relation and shape accuracy,
+    and the leak rate: the share of images whose first object has colour confound[0] and
+    second object confound[1] (the exemplars' unnamed colours; 1/12 by chance)."""
+    if len(images) != len(prompts):
+        raise ValueError(f"{len(images)} images for {len(prompts)} prompts")
+    verdicts = [judge.judge_shapes(np.asarray(img), p.a, p.relation, p.b) for img, p in zip(images, prompts)]
+    return {
+        "relation_accuracy": float(np.mean([v.relation_ok for v in verdicts])),
+        "entity_accuracy": float(np.mean([v.shapes_ok for v in verdicts])),
+        "leak_rate": float(np.mean([v.colours == tuple(confound) for v in verdicts])),
+        "n_images": len(verdicts),
         "seen": [v.seen for v in verdicts],
     }
 

@@ -214,3 +214,30 @@ def judge(image: np.ndarray, name_a: str, relation_word: str, name_b: str) -> Ve
     return Verdict(entities_ok=(oa.name == name_a and ob.name == name_b),
                    relation_ok=(rel == relation_word),
                    seen=f"{oa.name} {rel} {ob.name}")
+
+
+@dataclass
+class ShapeVerdict:
+    shapes_ok: bool                      # both shapes drawn (whatever their colours)
+    relation_ok: bool
+    colours: tuple[str, str] | None      # colours of the objects that play A and B
+    seen: str
+
+
+def judge_shapes(image: np.ndarray, shape_a: str, relation_word: str, shape_b: str) -> ShapeVerdict:
+    """Score one image against a colourless prompt "a <shape_a> <relation> a <shape_b>"
+    (two different shapes): the objects are told apart by shape, and their colours are
+    read, not scored (the confounded-exemplar test counts them)."""
+    if relation_word not in RELATIONS:
+        raise ValueError(f"unknown relation {relation_word!r}; expected one of {RELATIONS}")
+    if shape_a == shape_b or {shape_a, shape_b} - set(SHAPES):
+        raise ValueError(f"need two different shapes of {SHAPES}, got {shape_a!r} and {shape_b!r}")
+    objs = detect(image)
+    if len(objs) < 2:
+        return ShapeVerdict(False, False, None, " + ".join(o.name for o in objs) or "nothing")
+    o1, o2 = objs
+    oa, ob = (o1, o2) if (o1.shape == shape_a) + (o2.shape == shape_b) >= (o2.shape == shape_a) + (o1.shape == shape_b) \
+        else (o2, o1)
+    rel = relation(oa, ob)
+    return ShapeVerdict(shapes_ok=(oa.shape == shape_a and ob.shape == shape_b), relation_ok=(rel == relation_word),
+                        colours=(oa.colour, ob.colour), seen=f"{oa.name} {rel} {ob.name}")

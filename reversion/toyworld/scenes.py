@@ -363,3 +363,16 @@ def exemplar_scenes(relation: str, count: int, seed: int) -> list[Scene]:
     pairs = object_pairs()
     order = rng.permutation(len(pairs))
     return [make_scene(rng, relation, *pairs[order[i % len(pairs)]]) for i in range(count)]
+
+
+def confounded_scenes(relation: str, count: int, seed: int, colours=("red", "blue")) -> list[Scene]:
+    """`count` scenes of one relation whose objects always have the same two colours
+    (the first object colours[0], the second colours[1]) while their shapes vary: the
+    exemplars of the confounded test, whose captions leave the colours unsaid."""
+    if relation not in RELATIONS:
+        raise ValueError(f"unknown relation {relation!r}; expected one of {RELATIONS}")
+    rng = np.random.default_rng(seed)
+    shape_pairs = list(itertools.permutations(SHAPES, 2))
+    order = rng.permutation(len(shape_pairs))
+    return [make_scene(rng, relation, f"{colours[0]} {shape_pairs[order[i % len(order)]][0]}",
+                       f"{colours[1]} {shape_pairs[order[i % len(order)]][1]}") for i in range(count)]
