@@ -3,12 +3,14 @@
     python bench/bench_scale.py                 # or: make bench-scale  (CPU, ~15 min on 1 core)
     python bench/bench_scale.py gpu             # on a CUDA machine (not run yet: see BENCHMARKS.md)
     python bench/bench_scale.py gpu --tiny      # the GPU part on tiny models, runs anywhere (tested)
+    python bench/bench_scale.py cpu --tiny --size 64   # the CPU part on tiny models (seconds)
 
 CPU part (writes bench/results/scale.json): full-size SD1.5 (random weights, ComfyUI's own
-classes: tests/full_models.py) at 256 px, micro-batch 2 x 4 accumulation, fp32, 1 thread:
+classes: tests/full_models.py) at 256 px, micro-batch 2 x 4 accumulation, fp32, 1 thread
+(`--threads`), each row in a fresh process (`cpu-row`):
 - per memory mode (fast, lean, lean split 2 -> 1 + 1): peak resident memory above the
-  loaded weights during one update (Linux VmHWM, reset via /proc/self/clear_refs before
-  the update), the adapter's own estimate, seconds per micro-batch, FLOPs per update
+  loaded weights during training (Linux VmHWM, reset via /proc/self/clear_refs before
+  it), the adapter's own estimate, seconds per update, FLOPs per update
   (torch.utils.flop_counter.FlopCounterMode over one micro-batch, x 4);
 - the reference: the paper's per-update procedure re-implemented here (fp32, exemplars
   VAE-encoded again every micro-batch, the whole token table trainable with every other row
@@ -80,14 +82,15 @@ def exemplars_for(size: int, n: int = 2):
 
 # ------------------------------------------------------------------ the paper's procedure
 
-def reference_train(model, clip, vae, exemplars, config):
+def reference_train(model, clip, vae, exemplars, config, update_seconds=None):
     """The paper's per-update procedure, written independently of reversion/trainer.py
     but drawing the same random numbers in the same order (so the losses must agree):
     every micro-batch re-encodes its exemplars with the VAE; the text encoder's whole token
     table is the trainable parameter (the relation token's row starts as the init word's),
     AdamW steps the table and every other row is restored after the step; captions are
     encoded one at a time; every saved activation is cloned (the blanket in-place guard);
-    no checkpointing. Returns (per-update losses, seconds)."""
+    no checkpointing. Returns (per-update losses, seconds); `update_seconds`, if given, gets
+    each update's seconds appended."""
     from reversion import steering, timesteps
     from reversion_comfy import adapter
     from reversion.trainer import ExemplarOrder
@@ -146,6 +149,8 @@ def reference_train(model, clip, vae, exemplars, config):
                     with torch.no_grad():
                         table[keep] = original[keep]
                     history.append(total)
+                    if update_seconds is not None:
+                        update_seconds.append(time.perf_counter() - start - sum(update_seconds))
         finally:
             embedding.weight = stored
     return history, time.perf_counter() - start
@@ -153,70 +158,103 @@ def reference_train(model, clip, vae, exemplars, config):
 
 # ------------------------------------------------------------------------------ CPU part
 
-def cpu_part(size: int, out: Path, family: str = "sd1", updates: int = 2):
+# Each row runs in a fresh process: peak RSS is only valid for the first thing a process
+# does (a later row reuses heap an earlier one freed, which RSS does not show).
+CPU_ROWS = {            # name: (memory mode, updates, exemplars per forward or None)
+    "fast": ("auto", 2, None),          # auto: also records the estimates (and must pick fast)
+    "lean": ("lean", 1, None),
+    "lean, split 2 -> 1+1": ("lean", 1, 1),
+    "reference": (None, 2, None),       # the paper's procedure (reference_train)
+}
+
+
+def cpu_row(name: str, size: int, family: str, threads: int, tiny: bool = False) -> dict:
+    """One row of the CPU table, measured in this process: peak RSS above the RSS before
+    training, seconds per update (each update timed), losses, FLOPs per update."""
     import full_models
+    import tiny_models
     from reversion.trainer import TrainConfig
     from reversion_comfy import adapter
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
+    memory, updates, split = CPU_ROWS[name]
     t0 = time.perf_counter()
-    model, clip, vae = full_models.build(family, full_vae=True)
+    model, clip, vae = tiny_models.build(family) if tiny else full_models.build(family, full_vae=True)
     built = time.perf_counter() - t0
     exemplars = exemplars_for(size)
-    cfg = lambda steps, accum=4: TrainConfig(steps=steps, batch_size=2, grad_accum=accum, seed=2023)
-    weights_gib = sum(full_models.parameter_count(m) * 4 for m in (model.model, clip.cond_stage_model)) / GiB
-    report = {"model": f"full-size {family} (random weights), {size} px, fp32, micro-batch 2 x 4",
-              "torch": torch.__version__, "threads": torch.get_num_threads(),
-              "cpu": platform.processor() or platform.machine(), "build_seconds": round(built, 1),
-              "weights_gib": round(weights_gib, 2),
-              "memory_measure": "peak RSS above the RSS before the update (VmHWM reset via /proc/self/clear_refs)",
-              "modes": {}}
+    config = TrainConfig(steps=updates, batch_size=2, grad_accum=4, seed=2023)
+    update_seconds: list[float] = []
+    row = {"build_seconds": round(built, 1)}
+    if split:   # force the split through the estimate: pretend only the lean piece of `split` fits
+        real = adapter.choose_memory
+        adapter.choose_memory = lambda req, est, free, batch, px: real(req, est, est.needed("lean", split, px) + 1,
+                                                                        batch, px)
+    try:
+        with torch.inference_mode():
+            base = rss_peak_reset()
+            if memory is None:
+                losses, seconds = reference_train(model, clip, vae, exemplars, config, update_seconds)
+            else:
+                last = [time.perf_counter()]
 
-    def run(memory, steps, split=None):
-        if split:   # force the split through the estimate: pretend only the lean piece of `split` fits
-            real = adapter.choose_memory
-            adapter.choose_memory = lambda req, est, free, batch, px: real(
-                req, est, est.needed("lean", split, px) + 1, batch, px)
-        try:
-            with torch.inference_mode():
-                base = rss_peak_reset()
-                result = adapter.train_relation(model, clip, vae, exemplars, cfg(steps), memory=memory)
-                peak = rss_peak() - base
-        finally:
-            if split:
-                adapter.choose_memory = real
-        return result, peak
-
-    ours, peak = run("auto", updates)        # auto: also reports the estimates; asserts it chose fast
-    assert ours.memory["mode"] == "fast", ours.memory
-    rows = {"fast": (ours, peak)}
-    for name, memory, split in (("lean", "lean", None), ("lean, split 2 -> 1+1", "lean", 1)):
-        rows[name] = run(memory, 1, split)
-    for name, (result, peak) in rows.items():
-        mode = result.memory["mode"] if "split" not in name else "lean"
+                def tick(step, total, record, vectors):
+                    now = time.perf_counter()
+                    update_seconds.append(now - last[0])
+                    last[0] = now
+                result = adapter.train_relation(model, clip, vae, exemplars, config, tick, memory=memory)
+                losses, seconds = [r["loss"] for r in result.history], result.seconds
+                mode = result.memory["mode"]
+                row.update(plan=result.memory,
+                           estimate_gib=result.memory["needed_gib"].get(mode) if result.memory["chunk"] == 2 else None)
+            row["peak_gib"] = round((rss_peak() - base) / GiB, 3)
+    finally:
+        if split:
+            adapter.choose_memory = real
+    if memory is None:
+        flops = count_flops(lambda: reference_train(model, clip, vae, exemplars,
+                                                    TrainConfig(steps=1, batch_size=2, grad_accum=1, seed=2023)))
+    else:
         flops = count_flops(lambda: run_micro_batch(model, clip, vae, exemplars, mode, result.memory["chunk"]))
-        report["modes"][name] = {
-            "plan": result.memory, "peak_gib": round(peak / GiB, 3),
-            "estimate_gib": result.memory["needed_gib"].get(mode) if result.memory["chunk"] == 2 else None,
-            "seconds_per_micro_batch": round(result.seconds / result.steps_done / 4, 2),
-            "tflops_per_update": round(4 * flops / 1e12, 3)}
-        print(name, report["modes"][name], flush=True)
+    row.update(losses=losses, seconds=round(seconds, 2), update_seconds=[round(t, 2) for t in update_seconds],
+               seconds_per_micro_batch=round(seconds / updates / 4, 2), tflops_per_update=round(4 * flops / 1e12, 3),
+               weights_gib=round(sum(full_models.parameter_count(m) * 4
+                                     for m in (model.model, clip.cond_stage_model)) / GiB, 2))
+    return row
 
-    with torch.inference_mode():
-        base = rss_peak_reset()
-        ref_losses, ref_seconds = reference_train(model, clip, vae, exemplars, cfg(updates))
-        ref_peak = rss_peak() - base
-    ref_flops = count_flops(lambda: reference_train(model, clip, vae, exemplars, cfg(1, accum=1)))
-    our_losses = [r["loss"] for r in ours.history]
+
+def cpu_part(size: int, out: Path, family: str = "sd1", threads: int = 1, tiny: bool = False):
+    """Every CPU row in its own process, then the table: peaks, times, FLOPs, and the
+    reference's losses and time against ours (fast)."""
+    import subprocess
+    import tempfile
+    rows = {}
+    for name in CPU_ROWS:
+        with tempfile.TemporaryDirectory() as tmp:
+            part = Path(tmp) / "row.json"
+            cmd = [sys.executable, str(Path(__file__).resolve()), "cpu-row", "--row", name, "--size", str(size),
+                   "--family", family, "--threads", str(threads), "--out", str(part)] + (["--tiny"] if tiny else [])
+            subprocess.run(cmd, check=True)
+            rows[name] = json.loads(part.read_text())
+        print(name, {k: v for k, v in rows[name].items() if k != "plan"}, flush=True)
+    ref, fast = rows.pop("reference"), rows["fast"]
+    assert fast["plan"]["mode"] == "fast", fast["plan"]
+    report = {"model": f"{'tiny' if tiny else 'full-size'} {family} (random weights), {size} px, fp32, micro-batch 2 x 4",
+              "torch": torch.__version__, "threads": threads, "cpu": platform.processor() or platform.machine(),
+              "weights_gib": fast["weights_gib"],
+              "memory_measure": "peak RSS above the RSS before training (VmHWM reset via /proc/self/clear_refs), "
+                                "each row in a fresh process",
+              "modes": rows}
+    n = min(len(ref["losses"]), len(fast["losses"]))
     report["reference"] = {
-        "losses": ref_losses, "our_losses": our_losses,
-        "max_loss_diff": float((torch.tensor(ref_losses) - torch.tensor(our_losses[:len(ref_losses)])).abs().max()),
-        "peak_gib": round(ref_peak / GiB, 3), "seconds_per_micro_batch": round(ref_seconds / updates / 4, 2),
-        "tflops_per_update": round(4 * ref_flops / 1e12, 3),
-        "time_ratio_ours_fast_over_reference": round(ours.seconds / ref_seconds, 3)}
-    print("reference", report["reference"], flush=True)
-    report["auto_choice"] = auto_table(ours.memory, size)
+        **ref, "our_losses": fast["losses"],
+        "max_loss_diff": max(abs(a - b) for a, b in zip(ref["losses"][:n], fast["losses"][:n])),
+        # the last update: steady state (the first also holds one-time set-up: our memory
+        # probes and the single VAE encode, the reference's table copy)
+        "time_ratio_ours_fast_over_reference_last_update": round(fast["update_seconds"][-1] / ref["update_seconds"][-1], 3),
+        "time_ratio_ours_fast_over_reference_all_updates": round(fast["seconds"] / ref["seconds"], 3)}
+    report["auto_choice"] = auto_table(fast["plan"], size)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1))
+    print("reference", {k: v for k, v in report["reference"].items() if "ratio" in k or "loss" in k}, flush=True)
     print(f"wrote {out}")
     return report
 
@@ -340,16 +378,21 @@ def gpu_part(out: Path, tiny: bool = False):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("part", nargs="?", default="cpu", choices=["cpu", "estimate", "gpu"])
+    p.add_argument("part", nargs="?", default="cpu", choices=["cpu", "cpu-row", "estimate", "gpu"])
+    p.add_argument("--row", choices=list(CPU_ROWS), help="cpu-row: the row to measure (the cpu part runs each)")
+    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--family", default=None, help="cpu: sd1 (default); estimate: sd1,sdxl (default)")
     p.add_argument("--tiny", action="store_true")
     p.add_argument("--out", type=Path)
     args = p.parse_args()
     from reversion_comfy import standalone
-    standalone.import_comfy("cpu" if args.part == "cpu" or not torch.cuda.is_available() else "cuda")
+    standalone.import_comfy("cpu" if args.part.startswith("cpu") or not torch.cuda.is_available() else "cuda")
     if args.part == "cpu":
-        cpu_part(args.size, args.out or REPO / "bench" / "results" / "scale.json", args.family or "sd1")
+        cpu_part(args.size, args.out or REPO / "bench" / "results" / "scale.json", args.family or "sd1",
+                 args.threads, args.tiny)
+    elif args.part == "cpu-row":
+        args.out.write_text(json.dumps(cpu_row(args.row, args.size, args.family or "sd1", args.threads, args.tiny)))
     elif args.part == "estimate":
         estimate_part(args.out or REPO / "bench" / "results" / "scale_estimates.json",
                       (args.family or "sd1,sdxl").split(","))

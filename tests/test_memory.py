@@ -3,6 +3,8 @@ in-place guard, checkpointed UNet blocks, micro-batch splitting, SDPA, the auto 
 and one update of a full-size SD1.5 on the CPU."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -283,3 +285,21 @@ def test_benchmark_reference_procedure_reaches_our_losses(host, tiny):
         reference, _ = bench.reference_train(model, clip, vae, exemplars, config)
     assert reference == pytest.approx([r["loss"] for r in ours.history], rel=1e-5)
     assert reference[0] != reference[1]
+
+
+def test_cpu_benchmark_row_measures_a_forced_split(host):
+    """One row of bench_scale's CPU table (each runs in its own process there), here in
+    this one on a tiny model: the forced micro-batch split is what trained, its peak and
+    per-update time are recorded, and the host's choose_memory is put back afterwards."""
+    import importlib.util
+    from conftest import REPO
+    from reversion_comfy import adapter
+    spec = importlib.util.spec_from_file_location("bench_scale", REPO / "bench" / "bench_scale.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    before = adapter.choose_memory
+    row = bench.cpu_row("lean, split 2 -> 1+1", 64, "sd1", threads=1, tiny=True)
+    assert adapter.choose_memory is before
+    assert (row["plan"]["mode"], row["plan"]["chunk"]) == ("lean", 1) and row["estimate_gib"] is None
+    assert len(row["losses"]) == 1 and all(math.isfinite(x) for x in row["losses"])
+    assert len(row["update_seconds"]) == 1 and row["peak_gib"] > 0 and row["tflops_per_update"] > 0
