@@ -1,6 +1,6 @@
 """Write workflows_api/toyworld_demo.json: the demo graph, in ComfyUI's API format.
 
-    python scripts/make_demo_workflow.py [--relation above]
+    python scripts/make_demo_workflow.py [--relation "on top of"]
 
 Toy World Model + Toy World Exemplars -> Train Relation -> for each of a few new object
 pairs (never shown with this relation, not in the exemplars), three branches with the same
@@ -32,7 +32,7 @@ TRAIN = {"steps": 300, "batch_size": 8, "grad_accum": 1, "learning_rate": 6.25e-
 SAMPLE = {"steps": 20, "cfg": 4.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}
 
 
-def build(relation="above", prompts=6, images_per_prompt=4, exemplar_count=8, exemplar_seed=0,
+def build(relation="on top of", prompts=6, images_per_prompt=4, exemplar_count=8, exemplar_seed=0,
           name=None, train=None) -> dict:
     train = {**TRAIN, **(train or {})}
     name = name or f"toy_{relation.replace(' ', '_')}"
@@ -91,7 +91,7 @@ def _objects(text: str) -> tuple[str, str]:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--relation", default="above", choices=scenes.RELATIONS)
+    p.add_argument("--relation", default="on top of", choices=scenes.RELATIONS)
     p.add_argument("--out", default=str(REPO / "workflows_api" / "toyworld_demo.json"))
     args = p.parse_args()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
