@@ -14,10 +14,7 @@ def exemplars(relation: str, count: int = 8, seed: int = 0) -> Exemplars:
     Templates hold "{}" where the relation word would be; the word itself never appears:
     "a red circle {} a blue square" and "red circle {} blue square".
     """
-    chosen = scenes.exemplar_scenes(relation, count, seed)
-    images = np.stack([scenes.upscale(scenes.render(s)) for s in chosen])
-    return Exemplars(torch.from_numpy(images), [[s.template(True), s.template(False)] for s in chosen],
-                     [f"{s.a.name} / {s.b.name}" for s in chosen])
+    return _as_exemplars(scenes.exemplar_scenes(relation, count, seed), lambda o: o.name)
 
 
 def confounded_exemplars(relation: str, count: int = 8, seed: int = 0, colours=("red", "blue")) -> Exemplars:
@@ -25,9 +22,13 @@ def confounded_exemplars(relation: str, count: int = 8, seed: int = 0, colours=(
     first object is always colours[0] and the second colours[1], and the templates say
     only the shapes ("a circle {} a square"). A relation vector that soaks up the colours
     makes colourless prompts draw them (the leak the steering loss should prevent)."""
-    chosen = scenes.confounded_scenes(relation, count, seed, colours)
+    return _as_exemplars(scenes.confounded_scenes(relation, count, seed, colours), lambda o: o.shape)
+
+
+def _as_exemplars(chosen: list[scenes.Scene], caption_name) -> Exemplars:
+    """Scenes rendered at display size, each with two templates (with and without articles)
+    that call its objects `caption_name(obj)`; names say the full objects."""
     images = np.stack([scenes.upscale(scenes.render(s)) for s in chosen])
-    return Exemplars(torch.from_numpy(images),
-                     [[scenes.template(s.a.shape, s.b.shape, True), scenes.template(s.a.shape, s.b.shape, False)]
-                      for s in chosen],
-                     [f"{s.a.name} / {s.b.name}" for s in chosen])
+    templates = [[scenes.template(caption_name(s.a), caption_name(s.b), articles) for articles in (True, False)]
+                 for s in chosen]
+    return Exemplars(torch.from_numpy(images), templates, [f"{s.a.name} / {s.b.name}" for s in chosen])

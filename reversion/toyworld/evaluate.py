@@ -1,6 +1,7 @@
 """Score generated toy-world images with the judge: relation and entity accuracy."""
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 import itertools
 
@@ -50,17 +51,33 @@ def score(images, prompts: list[Prompt]) -> dict:
     verdicts = [judge.judge(np.asarray(img), p.a, p.relation, p.b) for img, p in zip(images, prompts)]
     per_relation = {}
     for rel in sorted({p.relation for p in prompts}):
-        vs = [v for v, p in zip(verdicts, prompts) if p.relation == rel]
-        per_relation[rel] = {"relation_accuracy": float(np.mean([v.relation_ok for v in vs])),
-                             "entity_accuracy": float(np.mean([v.entities_ok for v in vs])),
-                             "n_images": len(vs)}
+        vps = [(v, p) for v, p in zip(verdicts, prompts) if p.relation == rel]
+        per_relation[rel] = {"relation_accuracy": float(np.mean([v.relation_ok for v, _ in vps])),
+                             "entity_accuracy": float(np.mean([v.entities_ok for v, _ in vps])),
+                             "n_images": len(vps), **misreads(vps)}
     return {
         "relation_accuracy": float(np.mean([v.relation_ok for v in verdicts])),
         "entity_accuracy": float(np.mean([v.entities_ok for v in verdicts])),
         "n_images": len(verdicts),
         "per_relation": per_relation,
+        "relations_read": misreads(list(zip(verdicts, prompts)))["relations_read"],
         "seen": [v.seen for v in verdicts],
     }
+
+
+def misreads(verdicts_and_prompts) -> dict:
+    """What the judge read instead: how often each relation was read ("fewer than 2
+    objects" when it found less), and each wrongly drawn object as "asked -> drawn"."""
+    relations, objects = Counter(), Counter()
+    for v, p in verdicts_and_prompts:
+        if v.read is None:
+            relations["fewer than 2 objects"] += 1
+            continue
+        relations[v.read[1]] += 1
+        for asked, drawn in ((p.a, v.read[0]), (p.b, v.read[2])):
+            if asked != drawn:
+                objects[f"{asked} -> {drawn}"] += 1
+    return {"relations_read": dict(relations.most_common()), "objects_misread": dict(objects.most_common())}
 
 
 def colourless_prompts(relation: str) -> list[Prompt]:

@@ -194,50 +194,50 @@ class Verdict:
     entities_ok: bool      # both objects drawn with the right colour and shape
     relation_ok: bool      # the relation between the objects that play A and B is right
     seen: str              # what the judge read, for reports ("red circle above blue square")
+    read: tuple[str, str, str] | None = None    # (object playing A, relation, object playing B); None if < 2 objects
 
 
-def judge(image: np.ndarray, name_a: str, relation_word: str, name_b: str) -> Verdict:
-    """Score one image against the prompt "A <relation> B" (relation in RELATIONS)."""
+def _verdict(image: np.ndarray, relation_word: str, match, right) -> Verdict:
+    """The two objects in `image`, the one with the higher `match(a, b)` score playing A;
+    their relation; `right(a, b)` says whether they are the asked-for objects."""
     if relation_word not in RELATIONS:
         raise ValueError(f"unknown relation {relation_word!r}; expected one of {RELATIONS}")
     objs = detect(image)
     if len(objs) < 2:
         return Verdict(False, False, " + ".join(o.name for o in objs) or "nothing")
     o1, o2 = objs
+    oa, ob = (o1, o2) if match(o1, o2) >= match(o2, o1) else (o2, o1)
+    rel = relation(oa, ob)
+    return Verdict(right(oa, ob), rel == relation_word, f"{oa.name} {rel} {ob.name}", (oa.name, rel, ob.name))
 
-    def score(oa, ob):  # colour is what tells the objects apart; shape breaks ties
+
+def judge(image: np.ndarray, name_a: str, relation_word: str, name_b: str) -> Verdict:
+    """Score one image against the prompt "A <relation> B" (relation in RELATIONS)."""
+    def match(oa, ob):  # colour is what tells the objects apart; shape breaks ties
         return sum(2 * (o.colour == n.split()[0]) + (o.shape == n.split()[1])
                    for o, n in ((oa, name_a), (ob, name_b)))
-
-    oa, ob = (o1, o2) if score(o1, o2) >= score(o2, o1) else (o2, o1)
-    rel = relation(oa, ob)
-    return Verdict(entities_ok=(oa.name == name_a and ob.name == name_b),
-                   relation_ok=(rel == relation_word),
-                   seen=f"{oa.name} {rel} {ob.name}")
+    return _verdict(image, relation_word, match, lambda oa, ob: oa.name == name_a and ob.name == name_b)
 
 
-@dataclass
-class ShapeVerdict:
-    shapes_ok: bool                      # both shapes drawn (whatever their colours)
-    relation_ok: bool
-    colours: tuple[str, str] | None      # colours of the objects that play A and B
-    seen: str
+class ShapeVerdict(Verdict):
+    """A Verdict on a colourless prompt: entities_ok means both shapes are right."""
+
+    @property
+    def shapes_ok(self) -> bool:
+        return self.entities_ok
+
+    @property
+    def colours(self) -> tuple[str, str] | None:
+        """Colours of the objects that play A and B, as drawn."""
+        return None if self.read is None else (self.read[0].split()[0], self.read[2].split()[0])
 
 
 def judge_shapes(image: np.ndarray, shape_a: str, relation_word: str, shape_b: str) -> ShapeVerdict:
     """Score one image against a colourless prompt "a <shape_a> <relation> a <shape_b>"
     (two different shapes): the objects are told apart by shape, and their colours are
     read, not scored (the confounded-exemplar test counts them)."""
-    if relation_word not in RELATIONS:
-        raise ValueError(f"unknown relation {relation_word!r}; expected one of {RELATIONS}")
     if shape_a == shape_b or {shape_a, shape_b} - set(SHAPES):
         raise ValueError(f"need two different shapes of {SHAPES}, got {shape_a!r} and {shape_b!r}")
-    objs = detect(image)
-    if len(objs) < 2:
-        return ShapeVerdict(False, False, None, " + ".join(o.name for o in objs) or "nothing")
-    o1, o2 = objs
-    oa, ob = (o1, o2) if (o1.shape == shape_a) + (o2.shape == shape_b) >= (o2.shape == shape_a) + (o1.shape == shape_b) \
-        else (o2, o1)
-    rel = relation(oa, ob)
-    return ShapeVerdict(shapes_ok=(oa.shape == shape_a and ob.shape == shape_b), relation_ok=(rel == relation_word),
-                        colours=(oa.colour, ob.colour), seen=f"{oa.name} {rel} {ob.name}")
+    v = _verdict(image, relation_word, lambda oa, ob: (oa.shape == shape_a) + (ob.shape == shape_b),
+                 lambda oa, ob: oa.shape == shape_a and ob.shape == shape_b)
+    return ShapeVerdict(**vars(v))

@@ -374,5 +374,5 @@ def confounded_scenes(relation: str, count: int, seed: int, colours=("red", "blu
     rng = np.random.default_rng(seed)
     shape_pairs = list(itertools.permutations(SHAPES, 2))
     order = rng.permutation(len(shape_pairs))
-    return [make_scene(rng, relation, f"{colours[0]} {shape_pairs[order[i % len(order)]][0]}",
-                       f"{colours[1]} {shape_pairs[order[i % len(order)]][1]}") for i in range(count)]
+    shapes = [shape_pairs[order[i % len(order)]] for i in range(count)]
+    return [make_scene(rng, relation, f"{colours[0]} {a}", f"{colours[1]} {b}") for a, b in shapes]
