@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -52,7 +51,7 @@ def parse_args(argv=None):
     p.add_argument("--out", default=str(REPO / "models" / "toyworld.safetensors"))
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
     p.add_argument("--max-minutes", type=float, default=None,
-                   help="stop (with a checkpoint) after this long; run again to continue")
+                   help="stop (with a checkpoint) after this run has trained this long; run again to continue")
     p.add_argument("--export-partial", action="store_true",
                    help="with --max-minutes: also write --out when stopping early")
     p.add_argument("--export-only", action="store_true",
@@ -173,6 +172,9 @@ def main(argv=None):
 
     sampler = FocalTimestepSampler(args.focal_alpha)      # draws from torch's global RNG
     t_start = time.time() - elapsed
+    # this invocation's start: its own speed and --max-minutes (a resumed run's `elapsed`
+    # also holds earlier runs' time, often on a busier machine)
+    run_start, run_first_step = time.time(), step
     losses = []
     while step < args.steps:
         lr = args.lr * min(1.0, (step + 1) / args.warmup)
@@ -212,15 +214,16 @@ def main(argv=None):
         step += 1
         elapsed = time.time() - t_start
         if step % 50 == 0 or step == args.steps:
-            rate = elapsed / step if step else 0
+            rate = (time.time() - run_start) / (step - run_first_step)
             print(f"step {step}/{args.steps} loss {torch.stack(losses[-50:]).mean().item():.4f} "
-                  f"{rate:.3f} s/step, {elapsed / 60:.1f} min, eta {(args.steps - step) * rate / 60:.1f} min",
-                  flush=True)
+                  f"{rate:.3f} s/step (this run), {elapsed / 60:.1f} min in all, "
+                  f"eta {(args.steps - step) * rate / 60:.1f} min", flush=True)
         if step % args.checkpoint_every == 0:
             save_checkpoint()
-        if args.max_minutes and elapsed > args.max_minutes * 60 and step < args.steps:
+        if args.max_minutes and time.time() - run_start > args.max_minutes * 60 and step < args.steps:
             save_checkpoint()
-            print(f"stopping after {elapsed / 60:.1f} min at step {step}; run again to continue", flush=True)
+            print(f"stopping after {(time.time() - run_start) / 60:.1f} min of this run at step {step}; "
+                  f"run again to continue", flush=True)
             if args.export_partial:
                 export(args, params, ema, compact, base, text_encoder, step, elapsed)
             return
