@@ -24,9 +24,10 @@ plus a steering-weight sweep (`--steering-weights`), on two exemplar sets (`--ex
 
 Every record has `--images` judged images, next to three baselines without training: the
 true word (oracle), the init word "and", and no relation word. With `--curve`, the 'full'
-vectors are also scored at the listed update counts of the same runs; with `--lr-curve`,
-'full' runs at each listed base lr are scored at `--lr-curve-steps` (the steps curve: the
-paper's lr 2.5e-4 x 8 = 2e-3 against a faster one).
+vectors are also scored at the listed update counts of the same run (trained on past
+`--steps` if a count is larger); with `--lr-curve`, 'full' runs at each listed base lr are
+scored at `--lr-curve-steps` (the steps curve: the paper's lr 2.5e-4 x 8 = 2e-3 against a
+faster one; the default lr's curve is the main 'full' run itself, not trained again).
 
 Records go to a JSON-lines file as they are made (a rerun skips records already there, so
 an interrupted run continues), and `--summary` writes bench/results/quality.json: per
@@ -66,7 +67,7 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=6.25e-4, help="base lr, scaled by the batch (the demo's)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--curve", nargs="*", type=int, default=[],
-                   help="also score the 'full' runs at these update counts, e.g. 50 100 200")
+                   help="also score the 'full' runs at these update counts, e.g. 50 100 200 (larger than --steps: trained on)")
     p.add_argument("--lr-curve", nargs="*", type=float, default=[],
                    help="base lrs (x batch) of extra 'full' runs scored at --lr-curve-steps, e.g. 2.5e-4 6.25e-4")
     p.add_argument("--lr-curve-steps", nargs="+", type=int, default=[50, 100, 200, 400, 800, 1600, 3000])
@@ -110,7 +111,7 @@ class World:
             s = evaluate.score_colourless(out, judged, CONFOUND)
             return {k: s[k] for k in ("relation_accuracy", "entity_accuracy", "leak_rate", "n_images")}
         s = evaluate.score(out, judged)
-        return {k: s[k] for k in ("relation_accuracy", "entity_accuracy", "n_images")}
+        return {k: s[k] for k in ("relation_accuracy", "entity_accuracy", "n_images", "relations_read")}
 
     def relation_encoder(self, vectors):
         from reversion.relation_file import Relation
@@ -134,20 +135,27 @@ class World:
                 out[w] = round(float(v @ row), 4)
         return out
 
-    def train(self, exemplars, steering, alpha, seed, args, snapshot_steps=(), steps=None, lr=None):
-        """The node's trainer on the toy model; returns (final vectors, {step: vectors})."""
+    def exemplars(self, exemplar_set: str, relation: str, count: int, seed: int):
+        from reversion import toyworld
+        if exemplar_set == "confounded":
+            return toyworld.confounded_exemplars(relation, count, seed, CONFOUND)
+        return toyworld.exemplars(relation, count, seed=seed)
+
+    def train(self, exemplars, steering, alpha, seed, batch, lr, steps) -> dict:
+        """The node's trainer on the toy model for max(`steps`) updates; returns
+        {step: (vectors, seconds of training so far)} at each of `steps`."""
         from reversion.trainer import TrainConfig
         from reversion_comfy import adapter
-        config = TrainConfig(steps=steps or args.steps, batch_size=args.batch, grad_accum=1, base_lr=lr or args.lr,
-                             scale_lr=True, steering_weight=steering, focal_alpha=alpha, seed=seed)
-        snapshots = {}
+        config = TrainConfig(steps=max(steps), batch_size=batch, grad_accum=1, base_lr=lr, scale_lr=True,
+                             steering_weight=steering, focal_alpha=alpha, seed=seed)
+        snapshots, t0 = {}, time.perf_counter()
 
         def keep(step, total, record, vectors):
-            if step in snapshot_steps:
-                snapshots[step] = {k: v.detach().clone() for k, v in vectors.items()}
+            if step in steps:
+                snapshots[step] = ({k: v.detach().clone() for k, v in vectors.items()}, time.perf_counter() - t0)
         with torch.inference_mode():        # as the executor runs nodes
-            result = adapter.train_relation(self.model, self.clip, self.vae, exemplars, config, keep, "fast")
-        return result.vectors, snapshots
+            adapter.train_relation(self.model, self.clip, self.vae, exemplars, config, keep, "fast")
+        return snapshots
 
 
 def _inference(fn, *a):
@@ -162,8 +170,6 @@ def load_records(path: Path) -> list[dict]:
 
 
 def run(args) -> list[dict]:
-    from reversion import toyworld
-    from reversion.toyworld import scenes
     world = World(args.sample_steps)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -172,64 +178,68 @@ def run(args) -> list[dict]:
 
     def emit(record):
         records.append(record)
+        done.add(key(record))
         with out.open("a") as f:
             f.write(json.dumps(record) + "\n")
         print(json.dumps({k: record[k] for k in ("relation", "exemplars", "variant", "seed", "steps",
                                                   "relation_accuracy", "entity_accuracy", "leak_rate")
                           if k in record}), flush=True)
 
-    runs = [(v, *VARIANTS[v]) for v in args.variants] + [("full", w, 0.5) for w in args.steering_weights]
+    baselines: dict = {}      # the confounded set's prompts do not depend on the seed: score its baselines once
     for relation in args.relations:
-        words = [w for w in scenes.SYNONYMS[relation] if " " not in w]
         for exemplar_set in args.exemplar_sets:
             for seed in args.seeds:
-                if exemplar_set == "confounded":
-                    exemplars = toyworld.confounded_exemplars(relation, args.exemplars, seed, CONFOUND)
-                else:
-                    exemplars = toyworld.exemplars(relation, args.exemplars, seed=seed)
-                prompts = world.prompts(relation, exemplars, args.images, exemplar_set)
-                base = {"relation": relation, "seed": seed, "exemplars": exemplar_set, "n_exemplars": len(exemplars)}
-
-                def score(encoder):
-                    return world.score(encoder, prompts, args.images, exemplar_set)
-                for variant, word in (("oracle", relation), ("init", "and"), ("none", "")):
-                    if key({**base, "variant": variant, "steps": 0}) not in done:
-                        emit({**base, "variant": variant, "steering_weight": None, "focal_alpha": None, "steps": 0,
-                              **score(world.word_encoder(word))})
-                for variant, steering, alpha in runs:
-                    swept = variant == "full" and steering != VARIANTS["full"][0]
-                    name = f"full_steer_{steering:g}" if swept else variant
-                    if key({**base, "variant": name, "steps": args.steps}) in done:
-                        continue
-                    curve = tuple(s for s in args.curve if s < args.steps) if name == "full" else ()
-                    t0 = time.perf_counter()
-                    vectors, snapshots = world.train(exemplars, steering, alpha, seed, args, curve)
-                    seconds = time.perf_counter() - t0
-                    common = {**base, "variant": name, "steering_weight": steering, "focal_alpha": alpha}
-                    for step, vecs in sorted(snapshots.items()):
-                        if key({**common, "steps": step}) not in done:
-                            emit({**common, "steps": step, **score(world.relation_encoder(vecs))})
-                    emit({**common, "steps": args.steps, "train_seconds": round(seconds, 1),
-                          "cosine_true_words": world.cosines(vectors, words),
-                          "cosine_init_word": world.cosines(vectors, ["and"]),
-                          "cosine_confound_words": world.cosines(vectors, list(CONFOUND)),
-                          **score(world.relation_encoder(vectors))})
-                if exemplar_set != "diverse":
-                    continue
-                for lr in args.lr_curve:                # the steps curve: 'full' at another lr
-                    common = {**base, "variant": f"full_lr_{lr * args.batch:g}", "steering_weight": VARIANTS["full"][0],
-                              "focal_alpha": VARIANTS["full"][1], "lr": lr * args.batch}
-                    steps = sorted(args.lr_curve_steps)
-                    if all(key({**common, "steps": s}) in done for s in steps):
-                        continue
-                    t0 = time.perf_counter()
-                    _, snapshots = world.train(exemplars, *VARIANTS["full"], seed, args, steps, steps=steps[-1], lr=lr)
-                    seconds = time.perf_counter() - t0
-                    for step, vecs in sorted(snapshots.items()):
-                        if key({**common, "steps": step}) not in done:
-                            emit({**common, "steps": step, "train_seconds": round(seconds * step / steps[-1], 1),
-                                  **score(world.relation_encoder(vecs))})
+                run_condition(world, args, relation, exemplar_set, seed, done, emit, baselines)
     return records
+
+
+def training_runs(args, exemplar_set: str) -> list[tuple]:
+    """(variant name, steering weight, focal alpha, base lr, update counts to score) for one
+    exemplar set. 'full' is scored along the way at `--curve` (and at `--lr-curve-steps` when
+    `--lr-curve` lists the default lr: the same run, trained once); other lrs run apart."""
+    curve = set(args.curve) | {args.steps}
+    if exemplar_set == "diverse" and args.lr in args.lr_curve:
+        curve |= set(args.lr_curve_steps)
+    runs = [(v, *VARIANTS[v], args.lr, sorted(curve) if v == "full" else [args.steps]) for v in args.variants]
+    runs += [(f"full_steer_{w:g}", w, VARIANTS["full"][1], args.lr, [args.steps])
+             for w in args.steering_weights if w != VARIANTS["full"][0]]
+    if exemplar_set == "diverse":
+        runs += [(f"full_lr_{lr * args.batch:g}", *VARIANTS["full"], lr, sorted(args.lr_curve_steps))
+                 for lr in args.lr_curve if lr != args.lr]
+    return runs
+
+
+def run_condition(world, args, relation, exemplar_set, seed, done, emit, baselines):
+    """The baselines and every training run for one (relation, exemplar set, seed)."""
+    from reversion.toyworld import scenes
+    exemplars = world.exemplars(exemplar_set, relation, args.exemplars, seed)
+    prompts = world.prompts(relation, exemplars, args.images, exemplar_set)
+    base = {"relation": relation, "seed": seed, "exemplars": exemplar_set, "n_exemplars": len(exemplars)}
+
+    def score(encoder):
+        return world.score(encoder, prompts, args.images, exemplar_set)
+    for variant, word in (("oracle", relation), ("init", "and"), ("none", "")):
+        if key({**base, "variant": variant, "steps": 0}) not in done:
+            cache = (exemplar_set, word, tuple(prompts))
+            if cache not in baselines:
+                baselines[cache] = score(world.word_encoder(word))
+            emit({**base, "variant": variant, "steering_weight": None, "focal_alpha": None, "steps": 0,
+                  **baselines[cache]})
+    words = [w for w in scenes.SYNONYMS[relation] if " " not in w]
+    for name, steering, alpha, lr, steps in training_runs(args, exemplar_set):
+        common = {**base, "variant": name, "steering_weight": steering, "focal_alpha": alpha, "lr": lr * args.batch}
+        if all(key({**common, "steps": s}) in done for s in steps):
+            continue
+        for step, (vectors, seconds) in sorted(world.train(exemplars, steering, alpha, seed, args.batch, lr,
+                                                           steps).items()):
+            if key({**common, "steps": step}) in done:
+                continue
+            record = {**common, "steps": step, "train_seconds": round(seconds, 1)}
+            if step == args.steps:
+                record.update(cosine_true_words=world.cosines(vectors, words),
+                              cosine_init_word=world.cosines(vectors, ["and"]),
+                              cosine_confound_words=world.cosines(vectors, list(CONFOUND)))
+            emit({**record, **score(world.relation_encoder(vectors))})
 
 
 def key(record: dict) -> tuple:
@@ -263,14 +273,14 @@ def summarise(records: list[dict], final_steps: int) -> dict:
                 entry["per_relation"][relation] = {m: interval([r[m] for r in rr]) for m in metrics}
             target[variant] = entry
     diverse = [r for r in records if r.get("exemplars", "diverse") == "diverse"]
-    for step in sorted({r["steps"] for r in diverse if r["variant"] == "full" and r["steps"]}):
-        rs = [r for r in diverse if r["variant"] == "full" and r["steps"] == step]
-        summary["curve"][str(step)] = interval([r["relation_accuracy"] for r in rs])
-    for variant in sorted({r["variant"] for r in diverse if r["variant"].startswith("full_lr_")}):
-        rs = [r for r in diverse if r["variant"] == variant]
-        summary["lr_curve"][variant[len("full_lr_"):]] = {
-            str(step): interval([r["relation_accuracy"] for r in rs if r["steps"] == step])
-            for step in sorted({r["steps"] for r in rs})}
+    full = [r for r in diverse if r["variant"] == "full" and r["steps"]]
+    for step in sorted({r["steps"] for r in full}):
+        summary["curve"][str(step)] = interval([r["relation_accuracy"] for r in full if r["steps"] == step])
+    curved = [r for r in diverse if r["variant"] == "full" or r["variant"].startswith("full_lr_")]
+    for lr in sorted({r["lr"] for r in curved if "lr" in r}):
+        rs = [r for r in curved if r.get("lr") == lr]
+        summary["lr_curve"][f"{lr:g}"] = {str(step): interval([r["relation_accuracy"] for r in rs if r["steps"] == step])
+                                          for step in sorted({r["steps"] for r in rs})}
     return summary
 
 
