@@ -8,7 +8,9 @@
 CPU part (writes bench/results/scale.json): full-size SD1.5 (random weights, ComfyUI's own
 classes: tests/full_models.py) at 256 px, micro-batch 2 x 4 accumulation, fp32, 1 thread
 (`--threads`), each row in a fresh process (`cpu-row`):
-- per memory mode (fast, lean, lean split 2 -> 1 + 1): peak resident memory above the
+- per memory mode (fast with the whole update of 8 in one forward, as auto picks when it
+  fits; fast with one micro-batch of 2 per forward; lean; lean split 2 -> 1 + 1): peak
+  resident memory above the
   loaded weights during training (Linux VmHWM, reset via /proc/self/clear_refs before
   it), the adapter's own estimate, seconds per update, FLOPs per update
   (torch.utils.flop_counter.FlopCounterMode over one micro-batch, x 4);
@@ -20,7 +22,8 @@ classes: tests/full_models.py) at 256 px, micro-batch 2 x 4 accumulation, fp32, 
 
 GPU part: SD1.5 512 px and SDXL 1024 px, 2 x 4, UNet weights fp16 and bf16, each mode:
 torch.cuda.max_memory_allocated per micro-batch, seconds per micro-batch, and the cosine of
-the <R> gradient to the fp32 model's gradient on the same micro-batch.
+the <R> gradient to the fp32 model's gradient on the same micro-batch; and the whole update
+(8 exemplars) in one fast forward, as auto runs it when it fits.
 """
 from __future__ import annotations
 
@@ -161,7 +164,8 @@ def reference_train(model, clip, vae, exemplars, config, update_seconds=None):
 # Each row runs in a fresh process: peak RSS is only valid for the first thing a process
 # does (a later row reuses heap an earlier one freed, which RSS does not show).
 CPU_ROWS = {            # name: (memory mode, updates, exemplars per forward or None)
-    "fast": ("auto", 2, None),          # auto: also records the estimates (and must pick fast)
+    "fast, whole update (auto)": ("auto", 2, None),   # auto: records the estimates; picks fast, 8 per forward
+    "fast": ("fast", 2, None),          # one micro-batch (2) per forward, as the paper accumulates
     "lean": ("lean", 1, None),
     "lean, split 2 -> 1+1": ("lean", 1, 1),
     "reference": (None, 2, None),       # the paper's procedure (reference_train)
@@ -186,8 +190,8 @@ def cpu_row(name: str, size: int, family: str, threads: int, tiny: bool = False)
     row = {"build_seconds": round(built, 1)}
     if split:   # force the split through the estimate: pretend only the lean piece of `split` fits
         real = adapter.choose_memory
-        adapter.choose_memory = lambda req, est, free, batch, px: real(req, est, est.needed("lean", split, px) + 1,
-                                                                        batch, px)
+        adapter.choose_memory = lambda req, est, free, batch, px, micro=None: real(
+            req, est, est.needed("lean", split, px) + 1, batch, px, micro)
     try:
         with torch.inference_mode():
             base = rss_peak_reset()
@@ -251,6 +255,11 @@ def cpu_part(size: int, out: Path, family: str = "sd1", threads: int = 1, tiny: 
         # probes and the single VAE encode, the reference's table copy)
         "time_ratio_ours_fast_over_reference_last_update": round(fast["update_seconds"][-1] / ref["update_seconds"][-1], 3),
         "time_ratio_ours_fast_over_reference_all_updates": round(fast["seconds"] / ref["seconds"], 3)}
+    whole = rows.get("fast, whole update (auto)")
+    if whole is not None:       # the same updates in one forward each: same losses, its own time
+        report["reference"]["max_loss_diff_whole_update"] = max(abs(a - b) for a, b in zip(ref["losses"], whole["losses"]))
+        report["reference"]["time_ratio_ours_whole_update_over_reference_last_update"] = round(
+            whole["update_seconds"][-1] / ref["update_seconds"][-1], 3)
     report["auto_choice"] = auto_table(fast["plan"], size)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1))
@@ -260,19 +269,21 @@ def cpu_part(size: int, out: Path, family: str = "sd1", threads: int = 1, tiny: 
 
 
 def run_micro_batch(model, clip, vae, exemplars, mode, chunk):
-    """One micro-batch of 2 (forward + backward) through the adapter in `mode`."""
+    """One forward + backward of all `exemplars` (a micro-batch of 2, or a whole update of
+    8) through the adapter in `mode`, in forwards of `chunk`."""
     from reversion_comfy import adapter
     with torch.inference_mode(), adapter.training_mode():
         backend = adapter.ComfyBackend(model, clip, "fast")
         backend.prepare()
         with adapter.frozen_weights(model.model, clip.cond_stage_model), adapter.memory_efficient_attention():
             latents = adapter.vae_encode(vae, exemplars.images, 0)
-            backend.plan_memory(latents, f"a cat {adapter.STANDIN} a dog", 2)
-            backend.plan = adapter.MemoryPlan(mode, chunk, 2, mode, {}, None)
+            n = latents.shape[0]
+            backend.plan_memory(latents, f"a cat {adapter.STANDIN} a dog", n)
+            backend.plan = adapter.MemoryPlan(mode, chunk, n, mode, {}, None)
             vectors = {k: torch.nn.Parameter(v) for k, v in backend.initial_vectors("and").items()}
             g = torch.Generator().manual_seed(0)
-            loss = backend.denoising_loss(vectors, latents, [f"a cat {adapter.STANDIN} a dog"] * 2, torch.tensor([500, 900]),
-                                          torch.randn(latents.shape, generator=g))
+            loss = backend.denoising_loss(vectors, latents, [f"a cat {adapter.STANDIN} a dog"] * n,
+                                          torch.tensor([500, 900] * (n // 2)), torch.randn(latents.shape, generator=g))
             loss.backward()
         backend.close()
     return vectors
@@ -320,8 +331,8 @@ def estimate_part(out: Path, families=("sd1", "sdxl")):
         for card in (8, 12, 16, 24):
             free = int((card - 1) * GiB - weights)
             try:
-                plan = adapter.choose_memory("auto", estimate, free, 2, (size // 8) ** 2)
-                row["choice"][f"{card} GiB"] = plan.mode + (f" (pieces of {plan.chunk})" if plan.chunk < 2 else "")
+                plan = adapter.choose_memory("auto", estimate, free, 8, (size // 8) ** 2, micro=2)
+                row["choice"][f"{card} GiB"] = f"{plan.mode}, {plan.chunk} per forward"
             except adapter.RelationError:
                 row["choice"][f"{card} GiB"] = "refused before training"
         report["models"][family] = row
@@ -345,20 +356,23 @@ def gpu_part(out: Path, tiny: bool = False):
     builder = tiny_models if tiny else full_models
     report = {"device": torch.cuda.get_device_name() if cuda else "cpu", "tiny": tiny, "rows": []}
     for family, size, batch in cases:
-        exemplars = exemplars_for(size, batch)
         grads = {}
         for dtype in dtypes:
             model, clip, vae = builder.build(family, unet_dtype=dtype)
-            for mode in ("fast", "lean"):
+            # (row name, adapter mode, exemplars in the one forward): a micro-batch per mode,
+            # then the whole 2 x 4 update in one fast forward
+            for mode, adapter_mode, n in (("fast", "fast", batch), ("lean", "lean", batch),
+                                          ("fast, whole update", "fast", 4 * batch)):
                 if cuda:
                     torch.cuda.empty_cache()
                     torch.cuda.reset_peak_memory_stats()
                 t = time.perf_counter()
-                vectors = run_micro_batch(model, clip, vae, exemplars, mode, batch)
+                vectors = run_micro_batch(model, clip, vae, exemplars_for(size, n), adapter_mode, n)
                 if cuda:
                     torch.cuda.synchronize()
                 row = {"family": family, "size": size, "dtype": str(dtype).split(".")[-1], "mode": mode,
-                       "seconds_per_micro_batch": round(time.perf_counter() - t, 3),
+                       "exemplars": n, "seconds_per_exemplar": round((time.perf_counter() - t) / n, 4),
+                       "seconds_per_micro_batch": round((time.perf_counter() - t) * batch / n, 3),
                        "max_memory_allocated_gib": round(torch.cuda.max_memory_allocated() / GiB, 3) if cuda else None}
                 grads[(dtype, mode)] = {k: v.grad.detach().float().cpu() for k, v in vectors.items()}
                 if dtype is not torch.float32:

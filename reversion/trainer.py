@@ -7,10 +7,14 @@ loop is the whole method and holds no host code:
         for each of `grad_accum` micro-batches (4) of `batch_size` exemplars (2):
             caption  = a random template of each exemplar, "{}" -> placeholder
             t        ~ relation-focal p(t)            (timesteps.py)
-            L_den    = MSE(model prediction, eps or v target)
             L_steer  = InfoNCE(<R>; 4 random prepositions per sample; caption content words)
-            (L_den + 0.01 * L_steer) / grad_accum  -> backward
-        AdamW step on the relation vector only
+        L_den = MSE(model prediction, eps or v target) over all 8 exemplars
+        (L_den + 0.01 * mean L_steer) -> backward; AdamW step on the relation vector only
+
+The paper accumulates the micro-batches one by one; this is the same gradient (equal-sized
+micro-batches: the mean over all = the mean of the micro-batch means) with the same random
+draws, and the backend chooses how many exemplars go through the model at once: all of
+them when memory allows (fastest on a GPU), else pieces, each backpropagated at once.
 
 Defaults are the paper's: lr 2.5e-4 scaled by batch x accumulation (= 2e-3), weight
 decay 1e-2, init word "and", seed 2023.
@@ -79,6 +83,8 @@ class Backend(Protocol):
     def steering_vocabulary(self, key: str) -> steering.SteeringVocabulary: ...
     def embedding_rows(self, key: str, ids: list[int]) -> torch.Tensor: ...
     def caption_ids(self, key: str, caption: str) -> list[int]: ...
+    # the mean denoising loss over an update's exemplars (all its micro-batches), in as many
+    # forwards as the backend's memory needs: the gradient must not depend on that choice
     def denoising_loss(self, vectors: dict[str, torch.Tensor], latents: torch.Tensor,
                        captions: list[str], timesteps: torch.Tensor, noise: torch.Tensor) -> torch.Tensor: ...
 
@@ -113,8 +119,8 @@ def train(backend: Backend, latents: torch.Tensor, templates: list[list[str]], c
 
     `callback(step, total, record, vectors)` runs after every update (progress, previews,
     interruption); returning True stops early with the vectors learned so far. `interrupt()` runs before
-    each micro-batch and between its forward and backward pass, and raises to cancel (an
-    update of many micro-batches can take minutes; Cancel should not wait for it).
+    each update and between its forward and backward pass, and raises to cancel (a
+    backend may check more often: ComfyBackend does before every UNet block).
     `checkpointing` saves the run every few updates and when it is cancelled or fails, and
     resumes one (checkpoint.py). `start_vectors` continue from a saved relation instead of
     the init word's embedding.
@@ -146,30 +152,16 @@ def train(backend: Backend, latents: torch.Tensor, templates: list[list[str]], c
     start = time.perf_counter()
     try:
         for step in range(result.steps_done, config.steps):
-            totals = {"loss": 0.0, "denoise": 0.0, "steer": 0.0}
-            for _ in range(config.grad_accum):
-                interrupt()
-                idx = [order.next() for _ in range(config.batch_size)]
-                captions = [rng.choice(templates[i]).replace("{}", backend.placeholder_text) for i in idx]
-                positive_words = [steering.sample_positive_words(rng, config.num_positives) for _ in idx]
-                batch = latents[idx]
-                t = sampler.sample(len(idx))
-                noise = torch.randn(batch.shape, generator=gen).to(batch.device, batch.dtype)
-
-                denoise = backend.denoising_loss(vectors, batch, captions, t, noise)
-                steer = torch.stack([
-                    steering.steering_loss(
-                        vectors[k],
-                        backend.embedding_rows(k, vocabularies[k].positive_ids(positive_words)),
-                        backend.embedding_rows(k, vocabularies[k].negative_ids(
-                            [backend.caption_ids(k, c) for c in captions])),
-                        config.temperature)
-                    for k in backend.encoder_keys]).mean()
-                loss = denoise.float() + config.steering_weight * steer.to(denoise.device)
-                interrupt()
-                (loss / config.grad_accum).backward()
-                for k, v in (("loss", loss), ("denoise", denoise), ("steer", steer)):
-                    totals[k] += float(v.detach()) / config.grad_accum
+            interrupt()
+            micro_batches = [draw_micro_batch(latents, templates, config, backend, order, rng, sampler, gen)
+                             for _ in range(config.grad_accum)]
+            denoise = backend.denoising_loss(vectors, *merged(micro_batches))
+            steer = torch.stack([steering_term(backend, vectors, vocabularies, config, m)
+                                 for m in micro_batches]).mean()
+            loss = denoise.float() + config.steering_weight * steer.to(denoise.device)
+            interrupt()
+            loss.backward()
+            totals = {"loss": float(loss.detach()), "denoise": float(denoise.detach()), "steer": float(steer.detach())}
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             boundary = checkpoint.boundary(gen, rng, order)
@@ -192,6 +184,46 @@ def train(backend: Backend, latents: torch.Tensor, templates: list[list[str]], c
     result.vectors = {k: v.detach().clone() for k, v in vectors.items()}
     result.seconds = time.perf_counter() - start
     return result
+
+
+@dataclass
+class MicroBatch:
+    latents: torch.Tensor
+    captions: list[str]
+    timesteps: torch.Tensor
+    noise: torch.Tensor
+    positive_words: list[list[str]]
+
+
+def draw_micro_batch(latents, templates, config: TrainConfig, backend: Backend, order: "ExemplarOrder",
+                     rng: random.Random, sampler, gen: torch.Generator) -> MicroBatch:
+    """One micro-batch's random draws, in the order the loop has always drawn them (so
+    seeds and checkpoints give the same run whether or not micro-batches are merged)."""
+    idx = [order.next() for _ in range(config.batch_size)]
+    captions = [rng.choice(templates[i]).replace("{}", backend.placeholder_text) for i in idx]
+    positive_words = [steering.sample_positive_words(rng, config.num_positives) for _ in idx]
+    batch = latents[idx]
+    t = sampler.sample(len(idx))
+    noise = torch.randn(batch.shape, generator=gen).to(batch.device, batch.dtype)
+    return MicroBatch(batch, captions, t, noise, positive_words)
+
+
+def merged(micro_batches: list[MicroBatch]) -> tuple:
+    """(latents, captions, timesteps, noise) of all micro-batches, for one denoising_loss."""
+    return (torch.cat([m.latents for m in micro_batches]), [c for m in micro_batches for c in m.captions],
+            torch.cat([m.timesteps for m in micro_batches]), torch.cat([m.noise for m in micro_batches]))
+
+
+def steering_term(backend: Backend, vectors, vocabularies, config: TrainConfig, m: MicroBatch) -> torch.Tensor:
+    """The steering loss of one micro-batch: negatives are its own captions' words (as in
+    the paper, where each micro-batch is a separate forward), averaged over text encoders."""
+    return torch.stack([
+        steering.steering_loss(
+            vectors[k],
+            backend.embedding_rows(k, vocabularies[k].positive_ids(m.positive_words)),
+            backend.embedding_rows(k, vocabularies[k].negative_ids([backend.caption_ids(k, c) for c in m.captions])),
+            config.temperature)
+        for k in backend.encoder_keys]).mean()
 
 
 class ExemplarOrder:

@@ -180,12 +180,14 @@ class SavedTensorGuard:
 
 
 @contextlib.contextmanager
-def unet_blocks(guard: SavedTensorGuard, checkpoint: bool):
+def unet_blocks(guard: SavedTensorGuard, checkpoint: bool, interrupt=lambda: None):
     """Run the UNet's 25 top-level blocks (input, middle, output) through a wrapper: with
     `checkpoint`, each block keeps only its inputs for backward and recomputes its forward
     then (reentrant `torch.utils.checkpoint`, whose saved inputs keep autograd's version
     check; the recompute runs under the same clone hooks, so the host's in-place code stays
-    exact). The wrapper also labels each block's saved bytes for `guard.measuring()`.
+    exact). The wrapper also labels each block's saved bytes for `guard.measuring()`, and
+    runs `interrupt()` before each block: Cancel stops a forward of a whole update within one
+    block (a backward runs to its end; an update in pieces also checks between pieces).
 
     The host calls `openaimodel.forward_timestep_embed(block, h, emb, context, ...)` once per
     top-level block in both hosts; nested calls pass through unchanged.
@@ -207,6 +209,7 @@ def unet_blocks(guard: SavedTensorGuard, checkpoint: bool):
     def block(ts, x, emb, context=None, *args, **kwargs):
         if state["depth"] or not torch.is_grad_enabled():
             return real(ts, x, emb, context, *args, **kwargs)
+        interrupt()
         index, state["index"] = state["index"], state["index"] + 1
         previous, guard.region = guard.region, f"block{index}"
         if guard.meter is not None:
@@ -271,10 +274,11 @@ def frozen_weights(*modules: torch.nn.Module):
             p.requires_grad_(flag)
 
 
-class _SplitMicroBatch(torch.autograd.Function):
-    """A micro-batch's loss computed in `chunks` smaller pieces, each backpropagated at once
-    (so only one piece's activations are alive): the returned loss is the micro-batch mean
-    and its backward hands back the summed piece gradients, the same gradient as unsplit."""
+class _InPieces(torch.autograd.Function):
+    """An update's loss computed in smaller pieces, each backpropagated at once (so only one
+    piece's activations are alive): the returned loss is the mean over all exemplars and
+    its backward hands back the summed (weighted) piece gradients, the same gradient as
+    one forward of everything."""
 
     @staticmethod
     def forward(ctx, loss_of, pieces, *vectors):
@@ -303,15 +307,16 @@ GiB = 1024 ** 3
 @dataclass
 class MemoryPlan:
     mode: str              # "fast" | "lean"
-    chunk: int             # exemplars per forward (micro-batch split when < batch)
-    batch: int
+    chunk: int             # exemplars per forward: the update in pieces of `chunk`
+    batch: int             # exemplars per update (batch_size x grad_accum)
     requested: str
     needed: dict           # estimated bytes per mode at `batch` ({} if not estimated)
     free: int | None
     attention: str = ""
 
     def describe(self) -> str:
-        split = f", micro-batch of {self.batch} split into pieces of {self.chunk}" if self.chunk < self.batch else ""
+        split = (f", {self.batch} exemplars per update in one forward" if self.chunk >= self.batch else
+                 f", {self.batch} exemplars per update in forwards of {self.chunk}")
         what = "gradient checkpointing of the UNet blocks" if self.mode == "lean" else "no checkpointing"
         est = "" if not self.needed else " (estimated " + ", ".join(
             f"{k} {v / GiB:.2f} GiB" for k, v in self.needed.items()) + \
@@ -355,25 +360,33 @@ class MemoryEstimate:
 
 
 def choose_memory(requested: str, estimate: MemoryEstimate | None, free: int | None, batch: int,
-                  pixels: int) -> MemoryPlan:
-    """fast / lean as asked; auto: fast if it fits in `free`, else lean, splitting the
-    micro-batch into the largest pieces that fit. Refuses (before training) when even lean
-    with one exemplar per forward does not fit."""
+                  pixels: int, micro: int | None = None) -> MemoryPlan:
+    """How the `batch` exemplars of an update (`micro` = the paper's micro-batch,
+    batch_size) go through the model. fast / lean as asked, in forwards of one micro-batch
+    (lean: smaller pieces if even that does not fit); auto: fast in the largest forwards
+    that fit (the whole update at once when it fits: the fastest on a GPU, same gradient),
+    down to one micro-batch, else lean in the largest pieces that fit. Refuses (before
+    training) when even lean with one exemplar per forward does not fit."""
     if requested not in ("auto", "fast", "lean"):
         raise RelationError(f"memory must be auto, fast or lean, got {requested!r}")
-    needed = {} if estimate is None else {m: estimate.needed(m, batch, pixels) for m in ("fast", "lean")}
+    micro = min(micro or batch, batch)
+    needed = {} if estimate is None else {m: estimate.needed(m, micro, pixels) for m in ("fast", "lean")}
     if requested == "fast" or estimate is None or free is None:
-        return MemoryPlan("lean" if requested == "lean" else "fast", batch, batch, requested, needed, free)
-    if requested == "auto" and needed["fast"] <= free:
-        return MemoryPlan("fast", batch, batch, requested, needed, free)
-    for chunk in range(batch, 0, -1):
+        return MemoryPlan("lean" if requested == "lean" else "fast", micro, batch, requested, needed, free)
+    # balanced pieces: 8 -> 8, 4, 3 (3+3+2), 2, 1
+    chunks = sorted({-(-batch // n) for n in range(1, batch + 1)}, reverse=True)
+    if requested == "auto":
+        for chunk in (c for c in chunks if c >= micro):
+            if estimate.needed("fast", chunk, pixels) <= free:
+                return MemoryPlan("fast", chunk, batch, requested, needed, free)
+    for chunk in (c for c in chunks if c <= micro):
         if estimate.needed("lean", chunk, pixels) <= free:
             return MemoryPlan("lean", chunk, batch, requested, needed, free)
     one = estimate.needed("lean", 1, pixels)
     raise RelationError(
         f"not enough memory to train: even memory=lean with one exemplar per forward needs about "
         f"{one / GiB:.2f} GiB beyond the loaded weights, and {free / GiB:.2f} GiB is free "
-        f"(fast at batch {batch}: {needed['fast'] / GiB:.2f} GiB). Use smaller exemplar images "
+        f"(fast at micro-batch {micro}: {needed['fast'] / GiB:.2f} GiB). Use smaller exemplar images "
         f"(Load Exemplars 'size'), close other models/applications, or use a smaller model")
 
 
@@ -589,7 +602,7 @@ def check_prompt(clip, text: str) -> str:
 def relation_text(text: str) -> str:
     """Prompt with every <R> replaced by the stand-in token (spaced: its own word)."""
     if not any(m in text for m in RELATION_MARKERS):
-        raise RelationError(f"the prompt has no <R>: write it where the relation goes, e.g. 'a cat <R> a dog'")
+        raise RelationError("the prompt has no <R>: write it where the relation goes, e.g. 'a cat <R> a dog'")
     for m in RELATION_MARKERS:
         text = text.replace(m, f" {STANDIN} ")
     return text
@@ -641,9 +654,10 @@ class ComfyBackend:
 
     placeholder_text = STANDIN
 
-    def __init__(self, model, clip, memory: str = "fast"):
+    def __init__(self, model, clip, memory: str = "fast", interrupt=None):
         self.model, self.clip = model, clip
         self.memory = memory                  # requested: "auto" | "fast" | "lean"
+        self.interrupt = interrupt or (lambda: None)   # raises to cancel; run between pieces
         self.plan: MemoryPlan | None = None
         self.last_estimate: MemoryEstimate | None = None
         self.guard: SavedTensorGuard | None = None
@@ -681,9 +695,10 @@ class ComfyBackend:
         return self._loss(vectors, x, [caption] * batch, torch.tensor([500] * batch),
                           torch.randn(x.shape, generator=g))
 
-    def plan_memory(self, latents: torch.Tensor, caption: str, batch: int) -> MemoryPlan:
+    def plan_memory(self, latents: torch.Tensor, caption: str, batch: int, micro: int | None = None) -> MemoryPlan:
         """Find where the host needs clones (one small forward) and, unless memory is
-        "fast", estimate each mode's peak and choose (see `choose_memory`)."""
+        "fast", estimate each mode's peak and choose how `batch` exemplars per update (in
+        micro-batches of `micro`) go through the model (see `choose_memory`)."""
         channels = latents.shape[1]
         if self.memory == "fast":
             with self.guard.find_inplace():
@@ -699,7 +714,7 @@ class ComfyBackend:
                 probes[n * 64] = self.guard.measured()
             estimate = self.last_estimate = MemoryEstimate(probes)
             free = int(mm.get_free_memory(self.device))
-        self.plan = choose_memory(self.memory, estimate, free, batch, latents.shape[-2] * latents.shape[-1])
+        self.plan = choose_memory(self.memory, estimate, free, batch, latents.shape[-2] * latents.shape[-1], micro)
         return self.plan
 
     # -- text side
@@ -787,7 +802,7 @@ class ComfyBackend:
 
     def _loss(self, vectors, latents, captions, timesteps, noise, lean: bool = False) -> torch.Tensor:
         guard = self.guard
-        with guard.hooks(), unet_blocks(guard, checkpoint=lean):
+        with guard.hooks(), unet_blocks(guard, checkpoint=lean, interrupt=self.interrupt):
             guard.region = "text"
             cond, pooled = self.encode_batch(vectors, captions)
             guard.region = "other"
@@ -802,9 +817,10 @@ class ComfyBackend:
             return torch.nn.functional.mse_loss(pred.float(), target.float())
 
     def denoising_loss(self, vectors, latents, captions, timesteps, noise) -> torch.Tensor:
-        """The micro-batch's denoising loss; memory strategy per `self.plan` (lean:
-        checkpointed UNet blocks, and the micro-batch split into pieces if needed: the
-        gradient is the same either way)."""
+        """The update's denoising loss (mean over its exemplars); memory strategy per
+        `self.plan`: forwards of `plan.chunk` exemplars, each backpropagated at once when
+        there are several (lean: with checkpointed UNet blocks). The gradient is the same
+        either way; Cancel is checked between pieces."""
         if self.plan is None:
             self.plan_memory(latents, captions[0], len(captions))
         lean, n, chunk = self.plan.mode == "lean", len(captions), self.plan.chunk
@@ -814,9 +830,10 @@ class ComfyBackend:
         pieces = [(slice(i, min(i + chunk, n)), (min(i + chunk, n) - i) / n) for i in range(0, n, chunk)]
 
         def loss_of(piece, leaves):
+            self.interrupt()
             return self._loss(dict(zip(keys, leaves)), latents[piece], captions[piece], timesteps[piece],
                               noise[piece], lean)
-        return _SplitMicroBatch.apply(loss_of, pieces, *[vectors[k] for k in keys])
+        return _InPieces.apply(loss_of, pieces, *[vectors[k] for k in keys])
 
 
 @contextlib.contextmanager
@@ -908,14 +925,14 @@ def train_relation(model, clip, vae, exemplars, config, callback=None, memory: s
     if start_relation is not None:
         check_family(start_relation, text_encoders(clip))
     with training_mode():
-        backend = ComfyBackend(model, clip, memory)
+        backend = ComfyBackend(model, clip, memory, interrupt=check_interrupted)
         backend.check_templates(exemplars.templates)     # fail in seconds, not after an hour
         latents = vae_encode(vae, exemplars.images, config.seed)
         backend.prepare()
         try:
             with frozen_weights(model.model, clip.cond_stage_model), memory_efficient_attention() as attention:
                 caption = exemplars.templates[0][0].replace("{}", STANDIN)
-                plan = backend.plan_memory(latents, caption, config.batch_size)
+                plan = backend.plan_memory(latents, caption, config.batch_size * config.grad_accum, config.batch_size)
                 plan.attention = attention
                 logging.info("ReVersion Train Relation: %s", plan.describe())
                 result = trainer.train(backend, latents, exemplars.templates, config, callback,

@@ -20,32 +20,47 @@ def inputs(model, clip, vae, name, **overrides):
 
 
 @pytest.fixture
-def cancel_at_check(monkeypatch):
-    """cancel_at_check(n): the n-th interrupt check of the next training raises Cancel."""
+def cancel_in_update(monkeypatch):
+    """cancel_in_update(u, n): the n-th interrupt check of update u (counted once the
+    progress bar shows update u - 1) raises Cancel. Checks: before the update, before each
+    UNet block of its forward(s), between pieces, and the progress callback's."""
     import comfy.model_management as mm
     from reversion_comfy import adapter
 
-    def arm(n):
-        calls = {"n": 0}
+    def arm(update, n):
+        shown, checks = {"step": 0}, {"n": 0}
+        real_progress = adapter.progress
+
+        def progress(total):
+            bar = real_progress(total)
+            real_update = bar.update_absolute
+
+            def update_absolute(step, *a, **k):
+                shown["step"] = step
+                return real_update(step, *a, **k)
+            bar.update_absolute = update_absolute
+            return bar
 
         def check():
-            calls["n"] += 1
-            if calls["n"] == n:
-                raise mm.InterruptProcessingException()
+            if shown["step"] == update - 1:
+                checks["n"] += 1
+                if checks["n"] == n:
+                    raise mm.InterruptProcessingException()
+        monkeypatch.setattr(adapter, "progress", progress)
         monkeypatch.setattr(adapter, "check_interrupted", check)
     return arm
 
 
-def test_cancel_keeps_a_checkpoint_and_resume_gives_the_uninterrupted_result(host, tiny, cancel_at_check,
+def test_cancel_keeps_a_checkpoint_and_resume_gives_the_uninterrupted_result(host, tiny, cancel_in_update,
                                                                                 monkeypatch):
     import comfy.model_management as mm
     from reversion_comfy import adapter
     model, clip, vae = tiny("sd1")
     whole, _, _ = run_node(host, "ReVersionTrainRelation", "train", **inputs(model, clip, vae, "ckpt_whole"))
 
-    # per update: 2 micro-batches x 2 checks + 1 check by the progress callback = 5 checks;
-    # check 18 is in the 4th update, after 3 complete ones
-    cancel_at_check(18)
+    # inside the 4th update's forward (its checks: before the update, then before UNet
+    # blocks 1 and 2), after 3 complete ones
+    cancel_in_update(4, 3)
     with pytest.raises(mm.InterruptProcessingException):
         run_node(host, "ReVersionTrainRelation", "train", **inputs(model, clip, vae, "ckpt_cut"))
     assert not (host.embeddings / "ckpt_cut.safetensors").exists()

@@ -66,8 +66,8 @@ def test_one_text_encoder_call_per_micro_batch_equals_one_call_per_caption(host,
 
 @pytest.mark.parametrize("family", ["sd1", "sdxl"])
 def test_memory_modes_give_the_reference_gradient(host, tiny, family):
-    """fast, lean (checkpointed UNet blocks) and lean with the micro-batch split into pieces
-    all give the gradient of the blanket-clone reference (`inplace_safe`, itself checked
+    """fast and lean (checkpointed UNet blocks), in one forward or in pieces, all give the
+    gradient of the blanket-clone reference (`inplace_safe`, itself checked
     against finite differences), on both hosts despite their in-place code."""
     from reversion_comfy import adapter
     model, clip, _ = tiny(family)
@@ -90,7 +90,7 @@ def test_memory_modes_give_the_reference_gradient(host, tiny, family):
             ref_loss = torch.nn.functional.mse_loss(pred, target)
             ref_loss.backward()
             reference = {k: v.grad for k, v in leaves.items()}
-            for mode, chunk in (("fast", None), ("lean", None), ("lean", 1), ("lean", 2)):
+            for mode, chunk in (("fast", None), ("fast", 2), ("lean", None), ("lean", 1), ("lean", 2)):
                 loss, grads = loss_gradient(backend, vectors, inputs, mode, chunk)
                 assert loss.item() == pytest.approx(ref_loss.item(), rel=1e-5), (mode, chunk)
                 for k in reference:
@@ -179,14 +179,22 @@ class _Estimate:
         return int(((4 if mode == "fast" else 1) * batch + 0.5) * GiB)
 
 
-@pytest.mark.parametrize("free_gib,mode,chunk", [(24, "fast", 4), (12, "lean", 4), (3, "lean", 2), (1.6, "lean", 1)])
+@pytest.mark.parametrize("free_gib,mode,chunk", [(40, "fast", 8), (20, "fast", 4), (13, "fast", 3), (9, "fast", 2),
+                                                 (3, "lean", 2), (1.6, "lean", 1)])
 def test_auto_chooses_from_the_free_memory(free_gib, mode, chunk):
+    """An update of 4 micro-batches of 2: fast in the largest balanced forwards that fit
+    (the whole update when it fits), down to one micro-batch; then lean, down to one exemplar."""
     from reversion_comfy import adapter
-    plan = adapter.choose_memory("auto", _Estimate(), int(free_gib * GiB), 4, 64 * 64)
-    assert (plan.mode, plan.chunk) == (mode, chunk)
-    assert plan.needed == {"fast": int(16.5 * GiB), "lean": int(4.5 * GiB)}
+    plan = adapter.choose_memory("auto", _Estimate(), int(free_gib * GiB), 8, 64 * 64, micro=2)
+    assert (plan.mode, plan.chunk, plan.batch) == (mode, chunk, 8)
+    assert plan.needed == {"fast": int(8.5 * GiB), "lean": int(2.5 * GiB)}     # at one micro-batch
     assert f"{free_gib:.2f} GiB free" in plan.describe()
-    assert adapter.choose_memory("fast", _Estimate(), int(free_gib * GiB), 4, 64 * 64).mode == "fast"
+    assert ("in one forward" if chunk == 8 else f"in forwards of {chunk}") in plan.describe()
+    # asked for by name: one micro-batch per forward whatever is free (lean: less if it must)
+    fast = adapter.choose_memory("fast", _Estimate(), int(free_gib * GiB), 8, 64 * 64, micro=2)
+    assert (fast.mode, fast.chunk) == ("fast", 2)
+    lean = adapter.choose_memory("lean", _Estimate(), int(free_gib * GiB), 8, 64 * 64, micro=2)
+    assert (lean.mode, lean.chunk) == ("lean", min(chunk, 2) if mode == "lean" else 2)
 
 
 def test_too_little_memory_stops_before_training_with_the_numbers():
@@ -261,7 +269,8 @@ def test_gpu_benchmark_part_runs_on_tiny_models(host, tmp_path):
     assert (tmp_path / "gpu.json").is_file()
     rows = report["rows"]
     assert {(r["family"], r["dtype"], r["mode"]) for r in rows} == {
-        ("sd1", d, m) for d in ("float32", "bfloat16") for m in ("fast", "lean")}
+        ("sd1", d, m) for d in ("float32", "bfloat16") for m in ("fast", "lean", "fast, whole update")}
+    assert {r["exemplars"] for r in rows if r["mode"] == "fast, whole update"} == {8}
     for r in rows:
         if r["dtype"] != "float32":   # tiny random models in bf16: ~0.93 here; a wrong gradient gives ~0
             assert all(0.8 < c <= 1.0 + 1e-6 for c in r["grad_cosine_to_fp32"].values()), r

@@ -151,6 +151,36 @@ class LinearBackend:
         return ((pred - noise.mean(dim=1).flatten(1).mean(1, keepdim=True)) ** 2).mean() + latents.mean() * 0
 
 
+def test_one_pass_over_the_update_is_the_papers_accumulated_gradient():
+    """The loop sends all micro-batches of an update through the backend at once; the
+    gradient equals the paper's: each micro-batch's (denoise + 0.01 x steer) / grad_accum
+    backpropagated in turn, on the same random draws."""
+    backend, cfg = LinearBackend(), trainer.TrainConfig(batch_size=2, grad_accum=3, seed=9)
+    latents = torch.randn(3, 4, 2, 2)
+    templates = [["a cat {} a dog"], ["cat {} dog", "a cat {} dog"], ["a dog {} a cat"]]
+    gen = torch.Generator().manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    sampler = timesteps.FocalTimestepSampler(cfg.focal_alpha, generator=gen)
+    order = trainer.ExemplarOrder(3, gen)
+    draws = [trainer.draw_micro_batch(latents, templates, cfg, backend, order, rng, sampler, gen) for _ in range(3)]
+    vocab = {"clip_l": backend.steering_vocabulary("clip_l")}
+
+    def gradient(one_pass: bool) -> torch.Tensor:
+        v = {"clip_l": backend.table[backend.words["and"]].clone().requires_grad_(True)}
+        if one_pass:
+            steer = torch.stack([trainer.steering_term(backend, v, vocab, cfg, m) for m in draws]).mean()
+            (backend.denoising_loss(v, *trainer.merged(draws)) + cfg.steering_weight * steer).backward()
+        else:
+            for m in draws:
+                loss = backend.denoising_loss(v, m.latents, m.captions, m.timesteps, m.noise) \
+                    + cfg.steering_weight * trainer.steering_term(backend, v, vocab, cfg, m)
+                (loss / cfg.grad_accum).backward()
+        return v["clip_l"].grad
+    merged, accumulated = gradient(True), gradient(False)
+    assert accumulated.norm() > 0
+    torch.testing.assert_close(merged, accumulated, rtol=1e-5, atol=1e-7)
+
+
 def test_trainer_updates_only_the_relation_vector_and_is_deterministic():
     backend = LinearBackend()
     table_before = backend.table.clone()
@@ -165,8 +195,9 @@ def test_trainer_updates_only_the_relation_vector_and_is_deterministic():
     assert [h["loss"] for h in r1.history] == [h["loss"] for h in r2.history]
     r3 = trainer.train(LinearBackend(), latents, templates, trainer.TrainConfig(steps=20, batch_size=2, grad_accum=2, seed=6))
     assert not torch.equal(r1.vectors["clip_l"], r3.vectors["clip_l"])
-    # 20 updates x 2 micro-batches, every caption has the placeholder in the slot
-    assert len(backend.denoise_calls) == 40
+    # 20 updates, each one denoising call on its 2 micro-batches x 2 exemplars; every
+    # caption has the placeholder in the slot
+    assert [len(caps) for caps, _ in backend.denoise_calls] == [4] * 20
     assert all("<x>" in c and "{}" not in c for caps, _ in backend.denoise_calls for c in caps)
 
 
@@ -210,13 +241,13 @@ class Cancelled(Exception):
     pass
 
 
-def cancel_at(micro_batch: int):
-    """An interrupt hook that raises when the run reaches its `micro_batch`-th check."""
+def cancel_at(check: int):
+    """An interrupt hook that raises when the run reaches its `check`-th check."""
     calls = {"n": 0}
 
     def interrupt():
         calls["n"] += 1
-        if calls["n"] == micro_batch:
+        if calls["n"] == check:
             raise Cancelled()
     return interrupt
 
@@ -235,9 +266,10 @@ def test_cancel_mid_update_then_resume_equals_the_uninterrupted_run(tmp_path):
         saves.append(state["step"])
         checkpoint.save(state, path)
     keep = checkpoint.Checkpointing(save=save, every=2, fingerprint="fp")
-    # each update checks twice per micro-batch: check 35 is inside update 6 (checks 31-36)
+    # each update checks twice (before its forward, before its backward): check 12 is
+    # update 6's, after its forward
     with pytest.raises(Cancelled):
-        trainer.train(LinearBackend(), latents, templates, cfg, interrupt=cancel_at(35), checkpointing=keep)
+        trainer.train(LinearBackend(), latents, templates, cfg, interrupt=cancel_at(12), checkpointing=keep)
     assert saves == [2, 4, 5]                    # every 2 updates, then the 5 complete ones on Cancel
     state = checkpoint.load(path)
     assert state["step"] == 5 and len(state["history"]) == 5

@@ -382,44 +382,46 @@ def test_a_deleted_relation_file_makes_the_node_run_again(host, tiny):
 
 # ------------------------------------------------------------------- interrupt
 
-def test_cancel_is_honoured_within_one_micro_batch(host, tiny, monkeypatch):
-    """Cancel (ComfyUI's interrupt flag) mid-update stops training before the next
-    micro-batch, not at the end of a 16-micro-batch update. Prints the latency."""
+def test_cancel_is_honoured_within_one_unet_block(host, tiny, monkeypatch):
+    """Cancel (ComfyUI's interrupt flag) mid-update stops training at the next UNet block,
+    even when memory=auto sends the whole update (16 micro-batches of 2) through the model
+    in one forward. Prints the latency."""
+    import comfy.ldm.modules.diffusionmodules.openaimodel as om
     import comfy.model_management as mm
-    from reversion_comfy import adapter
     model, clip, vae = tiny("sd1")
-    calls = []
-    real = adapter.ComfyBackend.denoising_loss
+    blocks = []            # (time, exemplars) of every UNet block run with grad
+    real = om.forward_timestep_embed
 
-    def counted(self, *a, **k):
-        calls.append(time.perf_counter())
-        return real(self, *a, **k)
-    monkeypatch.setattr(adapter.ComfyBackend, "denoising_loss", counted)
+    def counted(ts, x, *a, **k):
+        if torch.is_grad_enabled():
+            blocks.append((time.perf_counter(), x.shape[0]))
+        return real(ts, x, *a, **k)
+    monkeypatch.setattr(om, "forward_timestep_embed", counted)
     state = {}
 
     def press_cancel():
-        while len(calls) < 3:          # in the middle of the first update...
-            time.sleep(0.001)
-        time.sleep((calls[2] - calls[1]) / 2)      # ...and of its third micro-batch
-        state["t"] = time.perf_counter()
-        state["calls"] = len(calls)
+        while sum(n == 32 for _, n in blocks) < 3:      # three blocks into the update's forward
+            time.sleep(0.0005)
+        state["t"], state["blocks"] = time.perf_counter(), len(blocks)
         mm.interrupt_current_processing(True)
     presser = threading.Thread(target=press_cancel, daemon=True)
     presser.start()
     try:
         with pytest.raises(mm.InterruptProcessingException):
             run_node(host, "ReVersionTrainRelation", "train",
-                     **train_inputs(model, clip, vae, "cancelled", steps=5, grad_accum=16, batch_size=2))
+                     **train_inputs(model, clip, vae, "cancelled", steps=5, grad_accum=16, batch_size=2,
+                                    memory="auto"))
         stopped = time.perf_counter()
     finally:
         mm.interrupt_current_processing(False)
         presser.join(5)
-    assert len(calls) - state["calls"] <= 1          # at most the micro-batch already under way
-    assert len(calls) < 16                           # the update was not finished
+    per_forward = sum(n == 1 for _, n in blocks)         # the memory probe's forward of one exemplar
+    training = [t for t, n in blocks if n == 32]          # auto chose one forward of the whole update
+    assert per_forward > 5 and 3 <= len(training) < per_forward   # stopped inside that forward...
+    assert len(blocks) - state["blocks"] <= 1                     # ...at most the block under way
     assert not (host.embeddings / "cancelled.safetensors").exists()
-    per_micro_batch = (calls[-1] - calls[0]) / max(1, len(calls) - 1)
-    print(f"\ninterrupt latency: {stopped - state['t']:.3f} s (one micro-batch ~{per_micro_batch:.3f} s; "
-          f"update = 16 micro-batches)")
+    print(f"\ninterrupt latency: {stopped - state['t']:.3f} s (one block of 32 exemplars "
+          f"~{(training[-1] - training[0]) / max(1, len(training) - 1):.3f} s)")
 
 
 # ------------------------------------------------------------------- over HTTP
