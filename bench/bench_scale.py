@@ -207,8 +207,7 @@ def cpu_row(name: str, size: int, family: str, threads: int, tiny: bool = False)
                 result = adapter.train_relation(model, clip, vae, exemplars, config, tick, memory=memory)
                 losses, seconds = [r["loss"] for r in result.history], result.seconds
                 mode = result.memory["mode"]
-                row.update(plan=result.memory,
-                           estimate_gib=result.memory["needed_gib"].get(mode) if result.memory["chunk"] == 2 else None)
+                row.update(plan=result.memory, estimate_gib=result.memory["planned_gib"])
             row["peak_gib"] = round((rss_peak() - base) / GiB, 3)
     finally:
         if split:
@@ -260,7 +259,7 @@ def cpu_part(size: int, out: Path, family: str = "sd1", threads: int = 1, tiny: 
         report["reference"]["max_loss_diff_whole_update"] = max(abs(a - b) for a, b in zip(ref["losses"], whole["losses"]))
         report["reference"]["time_ratio_ours_whole_update_over_reference_last_update"] = round(
             whole["update_seconds"][-1] / ref["update_seconds"][-1], 3)
-    report["auto_choice"] = auto_table(fast["plan"], size)
+    report["auto_choice"] = auto_table(rows["fast, whole update (auto)"]["plan"], size)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1))
     print("reference", {k: v for k, v in report["reference"].items() if "ratio" in k or "loss" in k}, flush=True)

@@ -310,22 +310,25 @@ class MemoryPlan:
     chunk: int             # exemplars per forward: the update in pieces of `chunk`
     batch: int             # exemplars per update (batch_size x grad_accum)
     requested: str
-    needed: dict           # estimated bytes per mode at `batch` ({} if not estimated)
+    needed: dict           # estimated bytes per mode at one micro-batch ({} if not estimated)
     free: int | None
     attention: str = ""
+    planned: int | None = None   # estimated bytes of this plan's forwards (if estimated)
 
     def describe(self) -> str:
         split = (f", {self.batch} exemplars per update in one forward" if self.chunk >= self.batch else
                  f", {self.batch} exemplars per update in forwards of {self.chunk}")
         what = "gradient checkpointing of the UNet blocks" if self.mode == "lean" else "no checkpointing"
-        est = "" if not self.needed else " (estimated " + ", ".join(
+        est = "" if not self.needed else " (estimated per micro-batch " + ", ".join(
             f"{k} {v / GiB:.2f} GiB" for k, v in self.needed.items()) + \
+            (f"; this plan {self.planned / GiB:.2f} GiB" if self.planned is not None else "") + \
             (f"; {self.free / GiB:.2f} GiB free)" if self.free is not None else ")")
         return f"memory {self.mode} [{self.requested}]: {what}{split}{est}; {self.attention}"
 
     def as_dict(self) -> dict:
         return {"mode": self.mode, "requested": self.requested, "chunk": self.chunk, "batch": self.batch,
                 "needed_gib": {k: round(v / GiB, 3) for k, v in self.needed.items()},
+                "planned_gib": None if self.planned is None else round(self.planned / GiB, 3),
                 "free_gib": None if self.free is None else round(self.free / GiB, 3), "attention": self.attention}
 
 
@@ -378,10 +381,12 @@ def choose_memory(requested: str, estimate: MemoryEstimate | None, free: int | N
     if requested == "auto":
         for chunk in (c for c in chunks if c >= micro):
             if estimate.needed("fast", chunk, pixels) <= free:
-                return MemoryPlan("fast", chunk, batch, requested, needed, free)
+                return MemoryPlan("fast", chunk, batch, requested, needed, free,
+                                  planned=estimate.needed("fast", chunk, pixels))
     for chunk in (c for c in chunks if c <= micro):
         if estimate.needed("lean", chunk, pixels) <= free:
-            return MemoryPlan("lean", chunk, batch, requested, needed, free)
+            return MemoryPlan("lean", chunk, batch, requested, needed, free,
+                              planned=estimate.needed("lean", chunk, pixels))
     one = estimate.needed("lean", 1, pixels)
     raise RelationError(
         f"not enough memory to train: even memory=lean with one exemplar per forward needs about "
