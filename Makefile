@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip install --quiet --constraint constraints.txt
 # Test hosts: the two bundled ComfyUI copies, or your own checkout via COMFYUI_PATH.
 HOSTS  := $(or $(COMFYUI_PATH),.hosts/comfyui-new .hosts/comfyui-old)
 
-.PHONY: setup test test-new test-old test-browser workflows demo toy-model toy-gate bench bench-scale bench-quality clean
+.PHONY: setup test test-new test-old test-browser workflows demo toy-model toy-gate bench bench-scale bench-quality gpu-wheels clean
 
 setup: $(VENV)/.ready .hosts/.ready
 
@@ -76,6 +76,11 @@ bench: setup
 bench-scale: setup
 	$(PY) bench/bench_scale.py cpu
 	$(PY) bench/bench_scale.py estimate
+
+# Wheels of the host dependencies the device machine's image lacks, for scripts/gpu_session.sh
+gpu-wheels: setup
+	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform any -d .whl torchsde==0.2.6 trampoline==0.1.2
 
 clean:
 	rm -rf $(VENV) .hosts demo_output

@@ -22,8 +22,11 @@ classes: tests/full_models.py) at 256 px, micro-batch 2 x 4 accumulation, fp32, 
 
 GPU part: SD1.5 512 px and SDXL 1024 px, 2 x 4, UNet weights fp16 and bf16, each mode:
 torch.cuda.max_memory_allocated per micro-batch, seconds per micro-batch, and the cosine of
-the <R> gradient to the fp32 model's gradient on the same micro-batch; and the whole update
-(8 exemplars) in one fast forward, as auto runs it when it fits.
+the <R> gradient to the fp32 model's gradient on the same micro-batch and the share of its
+entries that are exactly zero (fp16 underflow); and the whole update
+(8 exemplars) in one fast forward, as auto runs it when it fits; for SD1.5, 3 whole
+updates per dtype through Train Relation's path (memory=auto) and, on the fp32 weights,
+the paper's procedure: the reference ratio of each dtype's last update.
 """
 from __future__ import annotations
 
@@ -353,7 +356,7 @@ def gpu_part(out: Path, tiny: bool = False):
     cases = [("sd1", 64, 2)] if tiny else [("sd1", 512, 2), ("sdxl", 1024, 2)]
     dtypes = (torch.float32, torch.bfloat16) if tiny else (torch.float32, torch.float16, torch.bfloat16)
     builder = tiny_models if tiny else full_models
-    report = {"device": torch.cuda.get_device_name() if cuda else "cpu", "tiny": tiny, "rows": []}
+    report = {"device": torch.cuda.get_device_name() if cuda else "cpu", "tiny": tiny, "rows": [], "updates": []}
     for family, size, batch in cases:
         grads = {}
         for dtype in dtypes:
@@ -374,12 +377,18 @@ def gpu_part(out: Path, tiny: bool = False):
                        "seconds_per_micro_batch": round((time.perf_counter() - t) * batch / n, 3),
                        "max_memory_allocated_gib": round(torch.cuda.max_memory_allocated() / GiB, 3) if cuda else None}
                 grads[(dtype, mode)] = {k: v.grad.detach().float().cpu() for k, v in vectors.items()}
+                # underflow shows as exact zeros in the fp32 vector's gradient (loss scaling's cue)
+                row["grad_zero_fraction"] = {k: round(float((g == 0).float().mean()), 5)
+                                             for k, g in grads[(dtype, mode)].items()}
                 if dtype is not torch.float32:
                     ref = grads[(torch.float32, mode)]
                     row["grad_cosine_to_fp32"] = {k: round(float(torch.nn.functional.cosine_similarity(
                         g.flatten(), ref[k].flatten(), dim=0)), 5) for k, g in grads[(dtype, mode)].items()}
                 report["rows"].append(row)
                 print(row, flush=True)
+            if family == "sd1":
+                report["updates"].append(timed_updates(model, clip, vae, size, dtype, cuda, report["updates"]))
+                print(report["updates"][-1], flush=True)
             del model, clip, vae
             import comfy.model_management as mm
             mm.unload_all_models()
@@ -387,6 +396,48 @@ def gpu_part(out: Path, tiny: bool = False):
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1))
     return report
+
+
+def timed_updates(model, clip, vae, size, dtype, cuda, earlier, updates=3) -> dict:
+    """Whole updates (2 x 4) timed one by one: Train Relation's path with memory=auto in
+    `dtype`, and with fp32 weights also the paper's procedure (reference_train) on the same
+    model; later dtypes get the time ratio of their last (steady) update to the fp32
+    reference's last update."""
+    from reversion.trainer import TrainConfig
+    from reversion_comfy import adapter
+    config = TrainConfig(steps=updates, batch_size=2, grad_accum=4, seed=2023)
+    exemplars = exemplars_for(size)
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+    out = {"size": size, "dtype": str(dtype).split(".")[-1], "updates": updates}
+    if dtype is torch.float32:
+        seconds: list[float] = []
+        with torch.inference_mode():
+            losses, _ = reference_train(model, clip, vae, exemplars, config, seconds)
+        out["reference_update_seconds"] = [round(t, 3) for t in seconds]
+        out["reference_losses"] = losses
+    seconds, last = [], [time.perf_counter()]
+
+    def tick(step, total, record, vectors):
+        sync()
+        seconds.append(time.perf_counter() - last[0])
+        last[0] = time.perf_counter()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    sync()
+    last[0] = time.perf_counter()
+    with torch.inference_mode():
+        result = adapter.train_relation(model, clip, vae, exemplars, config, tick, memory="auto")
+    out.update(plan=result.memory, update_seconds=[round(t, 3) for t in seconds],
+               losses=[r["loss"] for r in result.history],
+               max_memory_allocated_gib=round(torch.cuda.max_memory_allocated() / GiB, 3) if cuda else None)
+    reference = next((u for u in earlier if "reference_update_seconds" in u), out)
+    if "reference_update_seconds" in reference:
+        out["time_ratio_to_fp32_reference_last_update"] = round(
+            seconds[-1] / reference["reference_update_seconds"][-1], 3)
+    return out
 
 
 def main():

@@ -103,7 +103,8 @@ def main(argv=None):
     base = toy_model.new_unet(device="cpu")
     toy_model.init_weights(base, seed=args.seed)
     target = toy_model.clip_target()
-    text_encoder = target.clip(device="cpu", dtype=torch.float32).clip_l   # an SDClipModel
+    with torch.no_grad():     # the 2024 host's CLIP writes into its weights in __init__
+        text_encoder = target.clip(device="cpu", dtype=torch.float32).clip_l   # an SDClipModel
     toy_model.init_weights(text_encoder, seed=args.seed + 1)
     # Token and position tables at torch's default N(0, 1), not CLIP's N(0, 0.02): Adam moves
     # every row ~lr per coordinate per step, mostly in a direction shared by words used

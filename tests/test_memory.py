@@ -271,7 +271,13 @@ def test_gpu_benchmark_part_runs_on_tiny_models(host, tmp_path):
     assert {(r["family"], r["dtype"], r["mode"]) for r in rows} == {
         ("sd1", d, m) for d in ("float32", "bfloat16") for m in ("fast", "lean", "fast, whole update")}
     assert {r["exemplars"] for r in rows if r["mode"] == "fast, whole update"} == {8}
+    # whole updates through Train Relation's path, and the paper's procedure on the fp32 weights
+    fp32, bf16 = report["updates"]
+    assert fp32["losses"] == pytest.approx(fp32["reference_losses"], rel=1e-5)
+    assert len(bf16["update_seconds"]) == 3 and bf16["plan"]["requested"] == "auto"
+    assert all(u["time_ratio_to_fp32_reference_last_update"] > 0 for u in (fp32, bf16))
     for r in rows:
+        assert all(0 <= z < 0.5 for z in r["grad_zero_fraction"].values()), r     # a real gradient
         if r["dtype"] != "float32":   # tiny random models in bf16: ~0.93 here; a wrong gradient gives ~0
             assert all(0.8 < c <= 1.0 + 1e-6 for c in r["grad_cosine_to_fp32"].values()), r
 
