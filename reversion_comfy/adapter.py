@@ -186,8 +186,8 @@ def unet_blocks(guard: SavedTensorGuard, checkpoint: bool, interrupt=lambda: Non
     then (reentrant `torch.utils.checkpoint`, whose saved inputs keep autograd's version
     check; the recompute runs under the same clone hooks, so the host's in-place code stays
     exact). The wrapper also labels each block's saved bytes for `guard.measuring()`, and
-    runs `interrupt()` before each block: Cancel stops a forward of a whole update within one
-    block (a backward runs to its end; an update in pieces also checks between pieces).
+    runs `interrupt()` before each block: Cancel stops any forward (a whole update, or each
+    piece of a split one) within one block; a backward under way runs to its end.
 
     The host calls `openaimodel.forward_timestep_embed(block, h, emb, context, ...)` once per
     top-level block in both hosts; nested calls pass through unchanged.
@@ -662,7 +662,7 @@ class ComfyBackend:
     def __init__(self, model, clip, memory: str = "fast", interrupt=None):
         self.model, self.clip = model, clip
         self.memory = memory                  # requested: "auto" | "fast" | "lean"
-        self.interrupt = interrupt or (lambda: None)   # raises to cancel; run between pieces
+        self.interrupt = interrupt or (lambda: None)   # raises to cancel; run before every UNet block
         self.plan: MemoryPlan | None = None
         self.last_estimate: MemoryEstimate | None = None
         self.guard: SavedTensorGuard | None = None
@@ -825,7 +825,7 @@ class ComfyBackend:
         """The update's denoising loss (mean over its exemplars); memory strategy per
         `self.plan`: forwards of `plan.chunk` exemplars, each backpropagated at once when
         there are several (lean: with checkpointed UNet blocks). The gradient is the same
-        either way; Cancel is checked between pieces."""
+        either way."""
         if self.plan is None:
             self.plan_memory(latents, captions[0], len(captions))
         lean, n, chunk = self.plan.mode == "lean", len(captions), self.plan.chunk
@@ -835,7 +835,6 @@ class ComfyBackend:
         pieces = [(slice(i, min(i + chunk, n)), (min(i + chunk, n) - i) / n) for i in range(0, n, chunk)]
 
         def loss_of(piece, leaves):
-            self.interrupt()
             return self._loss(dict(zip(keys, leaves)), latents[piece], captions[piece], timesteps[piece],
                               noise[piece], lean)
         return _InPieces.apply(loss_of, pieces, *[vectors[k] for k in keys])

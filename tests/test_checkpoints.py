@@ -23,7 +23,7 @@ def inputs(model, clip, vae, name, **overrides):
 def cancel_in_update(monkeypatch):
     """cancel_in_update(u, n): the n-th interrupt check of update u (counted once the
     progress bar shows update u - 1) raises Cancel. Checks: before the update, before each
-    UNet block of its forward(s), between pieces, and the progress callback's."""
+    UNet block of its forward(s), before its backward, and the progress callback's."""
     import comfy.model_management as mm
     from reversion_comfy import adapter
 
