@@ -241,7 +241,7 @@ def cpu_part(size: int, out: Path, family: str = "sd1", threads: int = 1, tiny: 
             subprocess.run(cmd, check=True)
             rows[name] = json.loads(part.read_text())
         print(name, {k: v for k, v in rows[name].items() if k != "plan"}, flush=True)
-    ref, fast = rows.pop("reference"), rows["fast"]
+    ref, fast, whole = rows.pop("reference"), rows["fast"], rows["fast, whole update (auto)"]
     assert fast["plan"]["mode"] == "fast", fast["plan"]
     report = {"model": f"{'tiny' if tiny else 'full-size'} {family} (random weights), {size} px, fp32, micro-batch 2 x 4",
               "torch": torch.__version__, "threads": threads, "cpu": platform.processor() or platform.machine(),
@@ -257,12 +257,11 @@ def cpu_part(size: int, out: Path, family: str = "sd1", threads: int = 1, tiny: 
         # probes and the single VAE encode, the reference's table copy)
         "time_ratio_ours_fast_over_reference_last_update": round(fast["update_seconds"][-1] / ref["update_seconds"][-1], 3),
         "time_ratio_ours_fast_over_reference_all_updates": round(fast["seconds"] / ref["seconds"], 3)}
-    whole = rows.get("fast, whole update (auto)")
-    if whole is not None:       # the same updates in one forward each: same losses, its own time
-        report["reference"]["max_loss_diff_whole_update"] = max(abs(a - b) for a, b in zip(ref["losses"], whole["losses"]))
-        report["reference"]["time_ratio_ours_whole_update_over_reference_last_update"] = round(
-            whole["update_seconds"][-1] / ref["update_seconds"][-1], 3)
-    report["auto_choice"] = auto_table(rows["fast, whole update (auto)"]["plan"], size)
+    # the same updates in one forward each: the same losses, its own time
+    report["reference"]["max_loss_diff_whole_update"] = max(abs(a - b) for a, b in zip(ref["losses"], whole["losses"]))
+    report["reference"]["time_ratio_ours_whole_update_over_reference_last_update"] = round(
+        whole["update_seconds"][-1] / ref["update_seconds"][-1], 3)
+    report["auto_choice"] = auto_table(whole["plan"], size)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1))
     print("reference", {k: v for k, v in report["reference"].items() if "ratio" in k or "loss" in k}, flush=True)
@@ -372,9 +371,10 @@ def gpu_part(out: Path, tiny: bool = False):
                 vectors = run_micro_batch(model, clip, vae, exemplars_for(size, n), adapter_mode, n)
                 if cuda:
                     torch.cuda.synchronize()
+                seconds = time.perf_counter() - t
                 row = {"family": family, "size": size, "dtype": str(dtype).split(".")[-1], "mode": mode,
-                       "exemplars": n, "seconds_per_exemplar": round((time.perf_counter() - t) / n, 4),
-                       "seconds_per_micro_batch": round((time.perf_counter() - t) * batch / n, 3),
+                       "exemplars": n, "seconds_per_exemplar": round(seconds / n, 4),
+                       "seconds_per_micro_batch": round(seconds * batch / n, 3),
                        "max_memory_allocated_gib": round(torch.cuda.max_memory_allocated() / GiB, 3) if cuda else None}
                 grads[(dtype, mode)] = {k: v.grad.detach().float().cpu() for k, v in vectors.items()}
                 # underflow shows as exact zeros in the fp32 vector's gradient (loss scaling's cue)
@@ -386,9 +386,13 @@ def gpu_part(out: Path, tiny: bool = False):
                         g.flatten(), ref[k].flatten(), dim=0)), 5) for k, g in grads[(dtype, mode)].items()}
                 report["rows"].append(row)
                 print(row, flush=True)
-            if family == "sd1":
-                report["updates"].append(timed_updates(model, clip, vae, size, dtype, cuda, report["updates"]))
-                print(report["updates"][-1], flush=True)
+            if family == "sd1":     # dtypes run fp32 first: its updates hold the reference's times
+                updates = timed_updates(model, clip, vae, size, dtype, cuda)
+                reference = (report["updates"] or [updates])[0]["reference_update_seconds"]
+                updates["time_ratio_to_fp32_reference_last_update"] = round(
+                    updates["update_seconds"][-1] / reference[-1], 3)
+                report["updates"].append(updates)
+                print(updates, flush=True)
             del model, clip, vae
             import comfy.model_management as mm
             mm.unload_all_models()
@@ -398,11 +402,10 @@ def gpu_part(out: Path, tiny: bool = False):
     return report
 
 
-def timed_updates(model, clip, vae, size, dtype, cuda, earlier, updates=3) -> dict:
+def timed_updates(model, clip, vae, size, dtype, cuda, updates=3) -> dict:
     """Whole updates (2 x 4) timed one by one: Train Relation's path with memory=auto in
     `dtype`, and with fp32 weights also the paper's procedure (reference_train) on the same
-    model; later dtypes get the time ratio of their last (steady) update to the fp32
-    reference's last update."""
+    model."""
     from reversion.trainer import TrainConfig
     from reversion_comfy import adapter
     config = TrainConfig(steps=updates, batch_size=2, grad_accum=4, seed=2023)
@@ -433,10 +436,6 @@ def timed_updates(model, clip, vae, size, dtype, cuda, earlier, updates=3) -> di
     out.update(plan=result.memory, update_seconds=[round(t, 3) for t in seconds],
                losses=[r["loss"] for r in result.history],
                max_memory_allocated_gib=round(torch.cuda.max_memory_allocated() / GiB, 3) if cuda else None)
-    reference = next((u for u in earlier if "reference_update_seconds" in u), out)
-    if "reference_update_seconds" in reference:
-        out["time_ratio_to_fp32_reference_last_update"] = round(
-            seconds[-1] / reference["reference_update_seconds"][-1], 3)
     return out
 
 

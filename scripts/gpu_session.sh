@@ -21,7 +21,6 @@ if ls .whl/*.whl >/dev/null 2>&1; then
     && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 export COMFYUI_PATH=${COMFYUI_PATH:-.hosts/comfyui-old} PYTHONUNBUFFERED=1
-rm -f "$COMFYUI_PATH/extra_model_paths.yaml"
 { nvidia-smi || true; $PY -c "import torch; print('torch', torch.__version__, torch.cuda.is_available())"; } > "$OUT/machine.txt" 2>&1
 
 timeout "${BENCH_SECONDS:-330}" $PY bench/bench_scale.py gpu ${TINY:+--tiny} --out "$OUT/scale_gpu.json" \
