@@ -56,6 +56,10 @@ def parse_args(argv=None):
                    help="with --max-minutes: also write --out when stopping early")
     p.add_argument("--export-only", action="store_true",
                    help="write --out from the run's last checkpoint without training")
+    p.add_argument("--inner-size", nargs=2, type=int, default=None, metavar=("MIN", "MAX"),
+                   help="experiments: the inner object's size range in 'inside' scenes (default: scenes.INNER_SIZE)")
+    p.add_argument("--container-size", nargs=2, type=int, default=None, metavar=("MIN", "MAX"),
+                   help="experiments: the container's size range in 'inside' scenes (default: scenes.CONTAINER_SIZE)")
     return p.parse_args(argv)
 
 
@@ -95,6 +99,10 @@ def main(argv=None):
     from reversion_comfy import adapter, toy_model
     from reversion.timesteps import FocalTimestepSampler
     from reversion.toyworld import scenes
+    if args.inner_size:
+        scenes.INNER_SIZE = tuple(args.inner_size)
+    if args.container_size:
+        scenes.CONTAINER_SIZE = tuple(args.container_size)
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(args.seed)
