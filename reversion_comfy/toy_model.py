@@ -36,6 +36,11 @@ UNET_CONFIG = {
     "use_spatial_transformer": True, "use_linear_in_transformer": True, "legacy": False,
     "adm_in_channels": None, "use_temporal_attention": False, "use_temporal_resblock": False,
 }
+# The variant with cross-attention also at 16 x 16, where the 7-9 px inner object of
+# "inside" is 4 px wide (at 8 x 8 it is one or two): experiments, see BENCHMARKS.md.
+ATTENTION_16_DEPTHS = {"transformer_depth": [0, 1, 1, 1], "transformer_depth_output": [0, 0, 1, 1, 1, 1, 1, 1]}
+# a key only the 16 x 16 variant has (level 1's res block is input block 3)
+ATTENTION_16_KEY = "input_blocks.3.1.proj_in.weight"
 VAE_CHANNELS = 64         # GroupNorm(32) groups of 2 channels: (+x, -x) pairs, see pixel_vae_state_dict
 
 
@@ -97,10 +102,14 @@ def clip_target(embedding_key: str = "clip_l"):
 
 # ------------------------------------------------------------------------------- parts
 
-def new_unet(device=None, dtype=torch.float32):
+def unet_config(attention_16: bool = False) -> dict:
+    return {**UNET_CONFIG, **(ATTENTION_16_DEPTHS if attention_16 else {})}
+
+
+def new_unet(device=None, dtype=torch.float32, attention_16: bool = False):
     """An uninitialised toy `BaseModel` (call `init_weights` or load a state dict)."""
     import comfy.model_base
-    config = model_config_class()(dict(UNET_CONFIG))
+    config = model_config_class()(unet_config(attention_16))
     config.set_inference_dtype(dtype, None)
     return config.get_model({}, device=device)
 
@@ -218,7 +227,7 @@ def load(path: Path | str = WEIGHTS, embedding_directory=None):
             f"toy-world weights not found at {path}; they are committed with the pack "
             f"(re-create them with `make toy-model`)")
     unet_sd, clip_sd = split_state_dict(safetensors.torch.load_file(str(path)))
-    base = new_unet(device=mm.unet_offload_device())
+    base = new_unet(device=mm.unet_offload_device(), attention_16=ATTENTION_16_KEY in unet_sd)
     missing, unexpected = base.diffusion_model.load_state_dict(
         {k: v.float() for k, v in unet_sd.items()}, strict=False)
     if missing or unexpected:

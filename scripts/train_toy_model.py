@@ -60,6 +60,11 @@ def parse_args(argv=None):
                    help="experiments: the inner object's size range in 'inside' scenes (default: scenes.INNER_SIZE)")
     p.add_argument("--container-size", nargs=2, type=int, default=None, metavar=("MIN", "MAX"),
                    help="experiments: the container's size range in 'inside' scenes (default: scenes.CONTAINER_SIZE)")
+    p.add_argument("--attention-16", action="store_true",
+                   help="experiments: cross-attention also at 16x16 (the toy model has it at 8x8, 4x4, middle)")
+    p.add_argument("--grow-from", default=None, metavar="CHECKPOINT",
+                   help="with --attention-16, starting a run: begin from another run's checkpoint of the "
+                        "8x8 model (its weights copied, the new layers added as no-ops)")
     return p.parse_args(argv)
 
 
@@ -108,7 +113,7 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
 
-    base = toy_model.new_unet(device="cpu")
+    base = toy_model.new_unet(device="cpu", attention_16=args.attention_16)
     toy_model.init_weights(base, seed=args.seed)
     target = toy_model.clip_target()
     with torch.no_grad():     # the 2024 host's CLIP writes into its weights in __init__
@@ -151,6 +156,9 @@ def main(argv=None):
     step, elapsed = 0, 0.0
     if ckpt_path.exists() and not args.fresh:
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)  # our own file
+        if ck["args"].get("attention_16", False) != args.attention_16:
+            raise SystemExit(f"{ckpt_path} is a run {'with' if args.attention_16 is False else 'without'} "
+                             f"--attention-16: continue it with the same setting, or use another --run-dir")
         for p, v in zip(params, ck["params"]):
             p.data.copy_(v)
         for e, v in zip(ema, ck["ema"]):
@@ -163,6 +171,9 @@ def main(argv=None):
         if ck.get("cuda_rng") is not None and device.type == "cuda":
             torch.cuda.set_rng_state_all(ck["cuda_rng"])
         print(f"resumed at step {step} ({elapsed / 60:.1f} min so far)", flush=True)
+    elif args.grow_from:
+        grown_from = grow(Path(args.grow_from), base, params, ema)
+        print(f"grown from {args.grow_from} (step {grown_from}); steps count from 0", flush=True)
 
     def save_checkpoint():
         tmp = ckpt_path.with_suffix(".tmp")
@@ -238,6 +249,45 @@ def main(argv=None):
             return
     save_checkpoint()
     export(args, params, ema, compact, base, text_encoder, step, elapsed)
+
+
+def grow(path: Path, base, params, ema) -> int:
+    """Copy a checkpoint of a smaller toy UNet (and its text encoder) into `params`/`ema`.
+
+    Weights with the same name and shape are copied (an upsample that moved one place down
+    its block to make room for a new transformer is found at its old place); the new
+    transformers' output projections are zeroed, so each adds nothing to its residual
+    stream and the grown model computes exactly what the old one did. Returns the old step.
+    """
+    import re
+    from reversion_comfy import toy_model
+    ck = torch.load(path, map_location="cpu", weights_only=False)   # our own file
+    old = toy_model.new_unet(device="cpu", attention_16=ck["args"].get("attention_16", False))
+    old_names = [n for n, _ in old.diffusion_model.named_parameters()]
+    n_old, n_new = len(old_names), len(list(base.diffusion_model.parameters()))
+    if len(ck["params"]) - n_old != len(params) - n_new:
+        raise SystemExit(f"{path}: its text encoder differs from this run's; cannot grow from it")
+    old_params = dict(zip(old_names, ck["params"][:n_old]))
+    old_ema = dict(zip(old_names, ck["ema"][:n_old]))
+    used = set()
+    with torch.no_grad():
+        for i, (name, p) in enumerate(base.diffusion_model.named_parameters()):
+            src = name if name in old_params else re.sub(r"^(output_blocks\.\d+)\.2\.", r"\1.1.", name)
+            if src in old_params and src not in used and old_params[src].shape == p.shape:
+                p.copy_(old_params[src])
+                ema[i].copy_(old_ema[src])
+                used.add(src)
+            elif ".proj_out." in name:      # a new transformer: start as a no-op
+                p.zero_()
+                ema[i].zero_()
+            else:
+                ema[i].copy_(p)
+        for p, e, v, ve in zip(params[n_new:], ema[n_new:], ck["params"][n_old:], ck["ema"][n_old:]):
+            p.copy_(v)
+            e.copy_(ve)
+    if len(used) != n_old:
+        raise SystemExit(f"{path}: weights {sorted(set(old_names) - used)[:3]} have no place in this model")
+    return ck["step"]
 
 
 def export(args, params, ema, compact, base, text_encoder, step, elapsed):

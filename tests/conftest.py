@@ -79,6 +79,16 @@ def server(comfy_server):
     return comfy_server
 
 
+def load_script(relative_path: str):
+    """A script of the repository (bench/, scripts/: not packages) imported as a module."""
+    import importlib.util
+    path = REPO / relative_path
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def small_exemplars(n=2, size=64):
     """`n` random exemplar images (seeded) with two templates each."""
     from reversion import exemplars as ex

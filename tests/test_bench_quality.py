@@ -2,21 +2,13 @@
 runs end to end on the toy model, writes one record per condition and resumes."""
 from __future__ import annotations
 
-import importlib.util
 import json
 
-from conftest import REPO
-
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_quality", REPO / "bench" / "bench_quality.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_script
 
 
 def test_quality_benchmark_slice_runs_and_resumes(host, tmp_path):
-    bench = load_bench()
+    bench = load_script("bench/bench_quality.py")
     out, summary = tmp_path / "q.jsonl", tmp_path / "q.json"
     argv = ["--relations", "on top of", "--seeds", "0", "--variants", "full", "no_steer", "--steering-weights",
             "--steps", "4", "--curve", "2", "--lr-curve", "1e-3", "--lr-curve-steps", "2", "3",
