@@ -50,6 +50,15 @@ def test_held_out_pairs_are_never_drawn_for_training():
             assert caption.split()[-1] in scenes.SHAPES
 
 
+def test_training_prompts_are_the_pairs_the_gate_does_not_use():
+    held = evaluate.held_out_prompts(["inside"])
+    trained = evaluate.training_prompts(["inside"])
+    assert {(p.a, p.b) for p in trained} == set(scenes.training_pairs("inside"))
+    assert len(trained) + len(held) == len(scenes.object_pairs())
+    assert not {(p.a, p.b) for p in trained} & {(p.a, p.b) for p in held}
+    assert len(evaluate.training_prompts(["inside", "above"], per_relation=3)) == 6
+
+
 def test_score_aggregates_per_relation():
     rng = np.random.default_rng(1)
     prompts = evaluate.held_out_prompts(["inside", "left of"], per_relation=5)

@@ -23,10 +23,20 @@ class Prompt:
 
 def held_out_prompts(relations=scenes.RELATIONS, per_relation: int | None = None, seed: int = 0) -> list[Prompt]:
     """Prompts whose object pair was never shown with that relation in training."""
+    return _prompts(relations, scenes.held_out_pairs, per_relation, seed)
+
+
+def training_prompts(relations=scenes.RELATIONS, per_relation: int | None = None, seed: int = 0) -> list[Prompt]:
+    """Prompts whose object pair the toy model was trained on with that relation (is a
+    failure the model's drawing, or its generalisation to new pairs?)."""
+    return _prompts(relations, scenes.training_pairs, per_relation, seed)
+
+
+def _prompts(relations, pairs_of, per_relation, seed) -> list[Prompt]:
     rng = np.random.default_rng(seed)
     out = []
     for rel in relations:
-        pairs = sorted(scenes.held_out_pairs(rel))
+        pairs = sorted(pairs_of(rel))
         order = rng.permutation(len(pairs))
         if per_relation is not None:
             order = order[:per_relation]
