@@ -60,6 +60,9 @@ def parse_args(argv=None):
                    help="experiments: the inner object's size range in 'inside' scenes (default: scenes.INNER_SIZE)")
     p.add_argument("--container-size", nargs=2, type=int, default=None, metavar=("MIN", "MAX"),
                    help="experiments: the container's size range in 'inside' scenes (default: scenes.CONTAINER_SIZE)")
+    p.add_argument("--relation-weight", action="append", default=[], metavar="RELATION=W",
+                   help="experiments: how often a relation's scenes are drawn, against 1 for above "
+                        "(default: scenes.RELATION_WEIGHTS; repeatable, e.g. --relation-weight inside=6)")
     p.add_argument("--attention-16", action="store_true",
                    help="experiments: cross-attention also at 16x16 (the toy model has it at 8x8, 4x4, middle)")
     p.add_argument("--grow-from", default=None, metavar="CHECKPOINT",
@@ -108,6 +111,7 @@ def main(argv=None):
         scenes.INNER_SIZE = tuple(args.inner_size)
     if args.container_size:
         scenes.CONTAINER_SIZE = tuple(args.container_size)
+    relation_weights = relation_weights_arg(args.relation_weight, scenes)
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(args.seed)
@@ -157,7 +161,7 @@ def main(argv=None):
     if ckpt_path.exists() and not args.fresh:
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)  # our own file
         if ck["args"].get("attention_16", False) != args.attention_16:
-            raise SystemExit(f"{ckpt_path} is a run {'with' if args.attention_16 is False else 'without'} "
+            raise SystemExit(f"{ckpt_path} is a run {'without' if args.attention_16 else 'with'} "
                              f"--attention-16: continue it with the same setting, or use another --run-dir")
         for p, v in zip(params, ck["params"]):
             p.data.copy_(v)
@@ -189,6 +193,10 @@ def main(argv=None):
             raise SystemExit(f"no checkpoint in {run_dir} to export")
         export(args, params, ema, compact, base, text_encoder, step, elapsed)
         return
+    if step > args.steps:       # e.g. a run continued past the default steps, then `make toy-model`
+        print(f"the checkpoint in {run_dir} is at step {step}, past --steps {args.steps}: nothing to do "
+              f"(--export-only writes its weights)", flush=True)
+        return
 
     sampler = FocalTimestepSampler(args.focal_alpha)      # draws from torch's global RNG
     t_start = time.time() - elapsed
@@ -202,7 +210,7 @@ def main(argv=None):
             g["lr"] = lr
         pixels, captions = [], []
         for _ in range(args.batch):
-            scene, caption = scenes.training_example(rng)
+            scene, caption = scenes.training_example(rng, relation_weights=relation_weights)
             pixels.append(scenes.render(scene))
             captions.append("" if rng.random() < args.empty_caption else caption)
         x0 = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2) * 2 - 1
@@ -251,6 +259,22 @@ def main(argv=None):
     export(args, params, ema, compact, base, text_encoder, step, elapsed)
 
 
+def relation_weights_arg(items: list[str], scenes) -> dict[str, float]:
+    """scenes.RELATION_WEIGHTS with each "RELATION=W" of `items` in place of the default."""
+    weights = dict(scenes.RELATION_WEIGHTS)
+    for item in items:
+        relation, _, weight = item.rpartition("=")
+        try:
+            value = float(weight)
+        except ValueError:
+            value = -1.0
+        if relation not in weights or not value >= 0:
+            raise SystemExit(f"--relation-weight {item!r}: expected RELATION=W with W >= 0 and RELATION "
+                             f"one of {', '.join(scenes.RELATIONS)}")
+        weights[relation] = value
+    return weights
+
+
 def grow(path: Path, base, params, ema) -> int:
     """Copy a checkpoint of a smaller toy UNet (and its text encoder) into `params`/`ema`.
 
@@ -280,8 +304,7 @@ def grow(path: Path, base, params, ema) -> int:
             elif ".proj_out." in name:      # a new transformer: start as a no-op
                 p.zero_()
                 ema[i].zero_()
-            else:
-                ema[i].copy_(p)
+            # other new weights keep their init, which `ema` already holds
         for p, e, v, ve in zip(params[n_new:], ema[n_new:], ck["params"][n_old:], ck["ema"][n_old:]):
             p.copy_(v)
             e.copy_(ve)

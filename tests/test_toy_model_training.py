@@ -2,6 +2,7 @@
 16x16 attention: the grown model must start out computing exactly what the old one did."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from conftest import load_script
@@ -14,6 +15,10 @@ def test_a_grown_toy_model_starts_as_the_model_it_grew_from(host, tmp_path):
     train.main(["--steps", "2", "--batch", "2", "--run-dir", str(small), "--out", str(small / "model.safetensors")])
     train.main(["--steps", "0", "--attention-16", "--grow-from", str(small / "checkpoint.pt"),
                 "--run-dir", str(grown), "--out", str(grown / "model.safetensors")])
+
+    # a checkpoint past --steps is left alone: nothing trained, --out not overwritten
+    train.main(["--steps", "1", "--run-dir", str(small), "--out", str(tmp_path / "earlier.safetensors")])
+    assert not (tmp_path / "earlier.safetensors").exists()
 
     before, after = toy_model.load(small / "model.safetensors")[0], toy_model.load(grown / "model.safetensors")[0]
     new_keys = set(after.model.diffusion_model.state_dict()) - set(before.model.diffusion_model.state_dict())
@@ -33,3 +38,13 @@ def test_a_grown_toy_model_starts_as_the_model_it_grew_from(host, tmp_path):
     trained = toy_model.load(grown / "model.safetensors")[0].model.diffusion_model.state_dict()
     proj_out = [v for k, v in trained.items() if k in new_keys and ".proj_out." in k]
     assert proj_out and all(0 < v.abs().max() < 1e-4 for v in proj_out)
+
+
+def test_relation_weight_flags_replace_the_default_mix():
+    from reversion.toyworld import scenes
+    train = load_script("scripts/train_toy_model.py")
+    weights = train.relation_weights_arg(["inside=6", "on top of=0"], scenes)
+    assert weights == {**scenes.RELATION_WEIGHTS, "inside": 6.0, "on top of": 0.0}
+    for bad in ("inside", "inside=-1", "inside=x", "besides=2"):
+        with pytest.raises(SystemExit, match="RELATION=W"):
+            train.relation_weights_arg([bad], scenes)

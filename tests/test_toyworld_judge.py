@@ -50,6 +50,19 @@ def test_held_out_pairs_are_never_drawn_for_training():
             assert caption.split()[-1] in scenes.SHAPES
 
 
+def test_relation_weights_set_the_training_mix():
+    """`train_toy_model.py --relation-weight inside=6` draws inside scenes that much more often."""
+    def inside_share(weights):
+        rng = np.random.default_rng(2)
+        drawn = [scenes.training_example(rng, relation_weights=weights)[0].relation for _ in range(1500)]
+        return sum(r == "inside" for r in drawn) / sum(r in scenes.RELATIONS for r in drawn)
+    default = inside_share(None)
+    assert 1.5 / 7 - 0.04 < default < 1.5 / 7 + 0.04
+    assert 6 / 11.5 - 0.05 < inside_share({**scenes.RELATION_WEIGHTS, "inside": 6}) < 6 / 11.5 + 0.05
+    only = {r: float(r == "inside") for r in scenes.RELATIONS}
+    assert 0.9 < inside_share(only) < 1     # the rest: side-by-side scenes (left of / right of)
+
+
 def test_training_prompts_are_the_pairs_the_gate_does_not_use():
     held = evaluate.held_out_prompts(["inside"])
     trained = evaluate.training_prompts(["inside"])

@@ -324,8 +324,10 @@ COLOURLESS_FRACTION = 0.15
 
 def training_example(rng: np.random.Generator, unrelated_fraction: float = UNRELATED_FRACTION,
                      side_by_side_fraction: float = SIDE_BY_SIDE_FRACTION,
-                     colourless: float = COLOURLESS_FRACTION) -> tuple[Scene, str]:
-    """One (scene, caption) for training the toy model from scratch.
+                     colourless: float = COLOURLESS_FRACTION,
+                     relation_weights: dict[str, float] | None = None) -> tuple[Scene, str]:
+    """One (scene, caption) for training the toy model from scratch; `relation_weights`
+    (default RELATION_WEIGHTS) says how often each relation's scenes are drawn.
 
     A (pair, relation) in `held_out_pairs(relation)` is never drawn (not even captioned
     "beside" or without colours), so the quality gate tests generalisation to unseen
@@ -339,7 +341,7 @@ def training_example(rng: np.random.Generator, unrelated_fraction: float = UNREL
         relation = ("left of", "right of")[int(rng.integers(2))]
         words = SIDE_BY_SIDE
     else:
-        weights = np.array([RELATION_WEIGHTS[r] for r in RELATIONS])
+        weights = np.array([(relation_weights or RELATION_WEIGHTS)[r] for r in RELATIONS])
         relation = RELATIONS[int(rng.choice(len(RELATIONS), p=weights / weights.sum()))]
         words = SYNONYMS[relation]
     pairs = training_pairs(relation)
