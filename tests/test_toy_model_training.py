@@ -1,5 +1,6 @@
-"""`scripts/train_toy_model.py` growing a trained 8x8-attention toy model into the variant with
-16x16 attention: the grown model must start out computing exactly what the old one did."""
+"""`scripts/train_toy_model.py`: growing a trained 8x8-attention toy model into the variant with
+16x16 attention (the grown model must start out computing exactly what the old one did), a
+checkpoint past --steps left alone, and the --relation-weight flags."""
 from __future__ import annotations
 
 import pytest
