@@ -20,13 +20,16 @@ classes: tests/full_models.py) at 256 px, micro-batch 2 x 4 accumulation, fp32, 
   on the same model, seed, exemplars and random draws: its losses must equal ours, and the
   time ratio ours/reference is reported.
 
-GPU part: SD1.5 512 px and SDXL 1024 px, 2 x 4, UNet weights fp16 and bf16, each mode:
-torch.cuda.max_memory_allocated per micro-batch, seconds per micro-batch, and the cosine of
-the <R> gradient to the fp32 model's gradient on the same micro-batch and the share of its
-entries that are exactly zero (fp16 underflow); and the whole update
-(8 exemplars) in one fast forward, as auto runs it when it fits; for SD1.5, 3 whole
-updates per dtype through Train Relation's path (memory=auto) and, on the fp32 weights,
-the paper's procedure: the reference ratio of each dtype's last update.
+GPU part (`gpu`; scripts/gpu_session.sh runs it on a lent GPU): SD1.5 512 px and SDXL
+1024 px, micro-batch 2, UNet weights fp32 (text encoder fp32 too: the reference), fp16 and
+bf16 (text encoder as ComfyUI loads it there, fp16); each (model, dtype) in a fresh process.
+Per memory mode (fast, lean, and the whole 2 x 4 update in one fast forward, as auto runs it
+when it fits), after a warm-up run: seconds, FLOPs, peak memory above what was allocated
+before (torch.cuda.max_memory_allocated; the loaded weights are `weights_gib`), and the
+cosine of the <R> gradient to the fp32 model's on the same inputs with the share of its
+entries that are exactly zero (fp16 underflow). Then 4 whole updates per dtype through
+Train Relation's path (memory=auto) and, on the fp32 weights of SD1.5, the paper's
+procedure: the reference ratio of each dtype's last update.
 """
 from __future__ import annotations
 
@@ -120,8 +123,9 @@ def reference_train(model, clip, vae, exemplars, config, update_seconds=None):
         opt = torch.optim.AdamW([table], lr=config.lr, betas=tuple(config.adam_betas), eps=config.adam_eps,
                                 weight_decay=config.weight_decay)
         order = ExemplarOrder(len(exemplars.templates), gen)
-        keep = torch.ones(table.shape[0], dtype=torch.bool)
+        keep = torch.ones(table.shape[0], dtype=torch.bool, device=table.device)
         keep[rid] = False
+        dev = backend.device      # the host's compute device: our draws are made on the CPU
         history, start = [], time.perf_counter()
         try:
             with adapter.memory_efficient_attention():
@@ -133,13 +137,13 @@ def reference_train(model, clip, vae, exemplars, config, update_seconds=None):
                         words = [steering.sample_positive_words(rng, config.num_positives) for _ in idx]
                         latents = adapter.vae_encode(vae, exemplars.images, config.seed)[idx]   # every micro-batch
                         t = sampler.sample(len(idx))
-                        noise = torch.randn(latents.shape, generator=gen)
+                        noise = torch.randn(latents.shape, generator=gen).to(dev)
                         with adapter.inplace_safe():
                             encoded = [clip.encode_from_tokens(backend._tokenize(c), return_pooled=True)
                                        for c in captions]
-                            cond = torch.cat([c for c, _ in encoded])
-                            x0 = model.model.process_latent_in(latents)
-                            sigma = adapter.sigma_for_timestep(backend.ms, t)
+                            cond = torch.cat([c for c, _ in encoded]).to(dev)
+                            x0 = model.model.process_latent_in(latents.to(dev))
+                            sigma = adapter.sigma_for_timestep(backend.ms, t.to(dev)).to(x0)
                             x = adapter.noisy_latent(x0, noise, sigma)
                             denoised = model.model.apply_model(x, sigma, **backend.model_conds(cond, None, x))
                         pred, target = adapter.prediction_and_target(backend.ms, x, x0, noise, sigma, denoised)
@@ -346,66 +350,140 @@ def estimate_part(out: Path, families=("sd1", "sdxl")):
 
 # ------------------------------------------------------------------------------ GPU part
 
+GPU_MODES = (           # (row, adapter mode, micro-batches in the one forward)
+    ("fast", "fast", 1),
+    ("lean", "lean", 1),
+    ("fast, whole update", "fast", 4),   # the 2 x 4 update in one forward, as auto runs it when it fits
+)
+
+
 def gpu_part(out: Path, tiny: bool = False):
-    """fp16/bf16 memory, speed and gradient fidelity per mode (CUDA; `tiny`: tiny models on
-    whatever device ComfyUI picked, small images, to test this code)."""
-    import full_models
-    import tiny_models
+    """fp32/fp16/bf16 memory, speed and gradient fidelity per mode (CUDA; `tiny`: tiny models
+    on whatever device ComfyUI picked, small images, to test this code). Each (model,
+    dtype) runs in a fresh process (`gpu-case`): its peak memory then holds no earlier
+    model (ComfyUI keeps references to unloaded ones). fp32 runs first: its gradients are
+    the cosine's reference and its paper-procedure update times the ratio's."""
+    import subprocess
+    import tempfile
     cuda = torch.cuda.is_available()
     cases = [("sd1", 64, 2)] if tiny else [("sd1", 512, 2), ("sdxl", 1024, 2)]
-    dtypes = (torch.float32, torch.bfloat16) if tiny else (torch.float32, torch.float16, torch.bfloat16)
-    builder = tiny_models if tiny else full_models
-    report = {"device": torch.cuda.get_device_name() if cuda else "cpu", "tiny": tiny, "rows": [], "updates": []}
-    for family, size, batch in cases:
-        grads = {}
-        for dtype in dtypes:
-            model, clip, vae = builder.build(family, unet_dtype=dtype)
-            # (row name, adapter mode, exemplars in the one forward): a micro-batch per mode,
-            # then the whole 2 x 4 update in one fast forward
-            for mode, adapter_mode, n in (("fast", "fast", batch), ("lean", "lean", batch),
-                                          ("fast, whole update", "fast", 4 * batch)):
-                if cuda:
-                    torch.cuda.empty_cache()
-                    torch.cuda.reset_peak_memory_stats()
-                t = time.perf_counter()
-                vectors = run_micro_batch(model, clip, vae, exemplars_for(size, n), adapter_mode, n)
-                if cuda:
-                    torch.cuda.synchronize()
-                seconds = time.perf_counter() - t
-                row = {"family": family, "size": size, "dtype": str(dtype).split(".")[-1], "mode": mode,
-                       "exemplars": n, "seconds_per_exemplar": round(seconds / n, 4),
-                       "seconds_per_micro_batch": round(seconds * batch / n, 3),
-                       "max_memory_allocated_gib": round(torch.cuda.max_memory_allocated() / GiB, 3) if cuda else None}
-                grads[(dtype, mode)] = {k: v.grad.detach().float().cpu() for k, v in vectors.items()}
-                # underflow shows as exact zeros in the fp32 vector's gradient (loss scaling's cue)
-                row["grad_zero_fraction"] = {k: round(float((g == 0).float().mean()), 5)
-                                             for k, g in grads[(dtype, mode)].items()}
-                if dtype is not torch.float32:
-                    ref = grads[(torch.float32, mode)]
-                    row["grad_cosine_to_fp32"] = {k: round(float(torch.nn.functional.cosine_similarity(
-                        g.flatten(), ref[k].flatten(), dim=0)), 5) for k, g in grads[(dtype, mode)].items()}
-                report["rows"].append(row)
-                print(row, flush=True)
-            if family == "sd1":     # dtypes run fp32 first: its updates hold the reference's times
-                updates = timed_updates(model, clip, vae, size, dtype, cuda)
-                reference = (report["updates"] or [updates])[0]["reference_update_seconds"]
-                updates["time_ratio_to_fp32_reference_last_update"] = round(
-                    updates["update_seconds"][-1] / reference[-1], 3)
+    dtypes = ("float32", "bfloat16") if tiny else ("float32", "float16", "bfloat16")
+    report = {"device": torch.cuda.get_device_name() if cuda else "cpu", "tiny": tiny, "torch": torch.__version__,
+              "complete": False, "rows": [], "updates": [], "failed": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for family, size, batch in cases:
+            reference = None
+            for dtype in dtypes:
+                part = Path(tmp) / f"{family}_{dtype}.json"
+                cmd = [sys.executable, str(Path(__file__).resolve()), "gpu-case", "--family", family,
+                       "--size", str(size), "--dtype", dtype, "--grads", str(Path(tmp) / f"{family}_grads.pt"),
+                       "--out", str(part)] + (["--tiny"] if tiny else [])
+                if subprocess.run(cmd).returncode or not part.is_file():
+                    report["failed"].append(f"{family} {dtype}")
+                    continue
+                case = json.loads(part.read_text())
+                updates = case["updates"]
+                reference = reference or updates.get("reference_update_seconds")
+                if reference:
+                    updates["time_ratio_to_fp32_reference_last_update"] = round(
+                        updates["update_seconds"][-1] / reference[-1], 3)
+                report["rows"] += case["rows"]
                 report["updates"].append(updates)
                 print(updates, flush=True)
-            del model, clip, vae
-            import comfy.model_management as mm
-            mm.unload_all_models()
-            mm.soft_empty_cache()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
+                save(out, report)      # after every case: a run stopped at its time limit keeps what it measured
+    report["complete"] = not report["failed"]
+    save(out, report)
     return report
 
 
-def timed_updates(model, clip, vae, size, dtype, cuda, updates=3) -> dict:
-    """Whole updates (2 x 4) timed one by one: Train Relation's path with memory=auto in
-    `dtype`, and with fp32 weights also the paper's procedure (reference_train) on the same
-    model."""
+def gpu_case(family: str, size: int, batch: int, dtype_name: str, grads_path: Path, tiny: bool) -> dict:
+    """One model in one dtype, in this process: each mode's forward + backward timed after
+    a warm-up run (kernel choice, loading), peak memory above what was allocated before it
+    (the loaded weights), FLOPs, the <R> gradient (and its cosine to the fp32 case's, read
+    from `grads_path`; the fp32 case writes it); then whole updates timed one by one."""
+    import full_models
+    import tiny_models
+    cuda = torch.cuda.is_available()
+    dtype = getattr(torch, dtype_name)
+    model, clip, vae = build_for_gpu(tiny_models if tiny else full_models, family, dtype)
+    by_dtype: dict[str, int] = {}
+    for m in (model.model, clip.cond_stage_model):
+        for p in m.parameters():
+            key = str(p.dtype).split(".")[-1]
+            by_dtype[key] = by_dtype.get(key, 0) + p.numel() * p.element_size()
+    clip_bytes: dict[str, int] = {}
+    for p in clip.cond_stage_model.parameters():
+        key = str(p.dtype).split(".")[-1]
+        clip_bytes[key] = clip_bytes.get(key, 0) + p.numel() * p.element_size()
+    reference = torch.load(grads_path) if dtype is not torch.float32 and grads_path.is_file() else None
+    grads, rows = {}, []
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+    for mode, adapter_mode, micro_batches in GPU_MODES:
+        n = batch * micro_batches
+        exemplars = exemplars_for(size, n)
+        run_micro_batch(model, clip, vae, exemplars, adapter_mode, n)      # warm-up
+        sync()
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated() if cuda else 0
+        t = time.perf_counter()
+        vectors = run_micro_batch(model, clip, vae, exemplars, adapter_mode, n)
+        sync()
+        seconds = time.perf_counter() - t
+        peak = torch.cuda.max_memory_allocated() if cuda else 0
+        flops = count_flops(lambda: run_micro_batch(model, clip, vae, exemplars, adapter_mode, n))
+        row = {"family": family, "size": size, "dtype": dtype_name, "mode": mode, "exemplars": n,
+               "weights_gib": round(sum(by_dtype.values()) / GiB, 3),
+               "clip_weights_gib_by_dtype": {k: round(v / GiB, 3) for k, v in clip_bytes.items()},
+               "seconds": round(seconds, 4), "seconds_per_micro_batch": round(seconds * batch / n, 4),
+               "tflop": round(flops / 1e12, 3), "achieved_tflop_per_s": round(flops / seconds / 1e12, 1),
+               "allocated_before_gib": round(before / GiB, 3) if cuda else None,
+               "max_memory_allocated_gib": round(peak / GiB, 3) if cuda else None,
+               "peak_above_before_gib": round((peak - before) / GiB, 3) if cuda else None}
+        grads[mode] = {k: v.grad.detach().float().cpu() for k, v in vectors.items()}
+        # underflow shows as exact zeros in the fp32 vector's gradient (loss scaling's cue)
+        row["grad_zero_fraction"] = {k: round(float((g == 0).float().mean()), 5) for k, g in grads[mode].items()}
+        if reference is not None:
+            row["grad_cosine_to_fp32"] = {k: round(float(torch.nn.functional.cosine_similarity(
+                g.flatten(), reference[mode][k].flatten(), dim=0)), 5) for k, g in grads[mode].items()}
+        rows.append(row)
+        print(row, flush=True)
+    if dtype is torch.float32:
+        torch.save(grads, grads_path)
+    from reversion_comfy import adapter
+    # the paper's procedure (reference_train) is written for one text encoder (SD1.x, SD2.x)
+    updates = timed_updates(model, clip, vae, size, dtype, cuda, reference=len(adapter.text_encoders(clip)) == 1)
+    updates["family"] = family
+    return {"rows": rows, "updates": updates}
+
+
+def build_for_gpu(builder, family: str, dtype: torch.dtype):
+    """The model in `dtype`: with fp32, the text encoder in fp32 too (the paper's setting and
+    the gradients' reference); otherwise the text encoder as ComfyUI loads it on this device
+    (fp16 on a GPU)."""
+    import comfy.cli_args
+    args = comfy.cli_args.args
+    before = getattr(args, "fp32_text_enc", False)
+    args.fp32_text_enc = dtype is torch.float32     # read when the CLIP is built
+    try:
+        return builder.build(family, unet_dtype=dtype)
+    finally:
+        args.fp32_text_enc = before
+
+
+def save(out: Path, report: dict) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
+
+
+def timed_updates(model, clip, vae, size, dtype, cuda, updates=4, reference=True) -> dict:
+    """Whole updates (2 x 4) timed one by one (the first also warms up): Train Relation's
+    path with memory=auto in `dtype`, and with fp32 weights (and `reference`) also the
+    paper's procedure (reference_train) on the same model."""
     from reversion.trainer import TrainConfig
     from reversion_comfy import adapter
     config = TrainConfig(steps=updates, batch_size=2, grad_accum=4, seed=2023)
@@ -415,7 +493,7 @@ def timed_updates(model, clip, vae, size, dtype, cuda, updates=3) -> dict:
         if cuda:
             torch.cuda.synchronize()
     out = {"size": size, "dtype": str(dtype).split(".")[-1], "updates": updates}
-    if dtype is torch.float32:
+    if dtype is torch.float32 and reference:
         seconds: list[float] = []
         with torch.inference_mode():
             losses, _ = reference_train(model, clip, vae, exemplars, config, seconds)
@@ -441,12 +519,14 @@ def timed_updates(model, clip, vae, size, dtype, cuda, updates=3) -> dict:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("part", nargs="?", default="cpu", choices=["cpu", "cpu-row", "estimate", "gpu"])
+    p.add_argument("part", nargs="?", default="cpu", choices=["cpu", "cpu-row", "estimate", "gpu", "gpu-case"])
     p.add_argument("--row", choices=list(CPU_ROWS), help="cpu-row: the row to measure (the cpu part runs each)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--family", default=None, help="cpu: sd1 (default); estimate: sd1,sdxl (default)")
     p.add_argument("--tiny", action="store_true")
+    p.add_argument("--dtype", default="float32", help="gpu-case: the model's dtype")
+    p.add_argument("--grads", type=Path, help="gpu-case: the fp32 case's gradients (written by it, read by others)")
     p.add_argument("--out", type=Path)
     args = p.parse_args()
     from reversion_comfy import standalone
@@ -459,6 +539,8 @@ def main():
     elif args.part == "estimate":
         estimate_part(args.out or REPO / "bench" / "results" / "scale_estimates.json",
                       (args.family or "sd1,sdxl").split(","))
+    elif args.part == "gpu-case":
+        args.out.write_text(json.dumps(gpu_case(args.family or "sd1", args.size, 2, args.dtype, args.grads, args.tiny)))
     else:
         gpu_part(args.out or REPO / "bench" / "results" / f"scale_gpu{'_tiny' if args.tiny else ''}.json", args.tiny)
 

@@ -112,9 +112,13 @@ class SavedTensorGuard:
             self.meter.setdefault(t.untyped_storage().data_ptr(), (t.untyped_storage().nbytes(), self.region))
         if self._record is not None and t.requires_grad:
             self._record.append((t, t._version, self._stack[-1] if self._stack else None))
+        # detached: a saved tensor that is its own node's output would otherwise hold its
+        # grad_fn, a cycle through C++ that no gc can free; graphs never run backward (the
+        # memory probes) then leak all they saved (e.g. fp32 casts of an fp16 CLIP, GiBs on
+        # SDXL) on every training run. Autograd restores the grad_fn when unpacking.
         if self._clone_depth and t.requires_grad:
-            return t.clone()
-        return t
+            return t.detach().clone()
+        return t.detach()
 
     def hooks(self):
         return torch.autograd.graph.saved_tensors_hooks(self.pack, lambda t: t)

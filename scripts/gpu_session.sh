@@ -3,34 +3,61 @@
 #   1. bench/bench_scale.py gpu: full-size SD1.5 512 px and SDXL 1024 px (random weights),
 #      fp32/fp16/bf16, per memory mode: peak VRAM, time, <R> gradient cosine to fp32 and
 #      zero share; SD1.5 whole updates (memory=auto) and the paper's procedure: the ratio.
-#   2. the toy model trained from scratch on the GPU (`make toy-model`'s recipe), then its
-#      gate (`make toy-gate`'s evaluation) on the weights it reached.
+#      Its JSON is rewritten after every row, so a run stopped at BENCH_SECONDS keeps the rows.
+#   2. the toy model trained from scratch on the GPU (`make toy-model`'s recipe) with three
+#      training mixes side by side (the GPU is far from busy with one: each run is bound by
+#      its own CPU thread), then each one's gate (`make toy-gate`'s evaluation).
 #
 # Here, once:  make gpu-wheels        (torchsde, trampoline: the host deps the device image lacks)
 # Then the device tool's run:
 #   command: bash scripts/gpu_session.sh     carry: [".hosts/comfyui-old", ".whl"]   timeout_s: 600
-# Results come back in $OUT (the weights stay there: over the 16 MiB a returned file may have).
-# Locally (no GPU) the same steps on tiny sizes: DEVICE=cpu TINY=1 TOY_MINUTES=0.5 OUT=/tmp/gpu_out bash scripts/gpu_session.sh
+# Results come back in $OUT, at most 8 files: machine.txt, scale_gpu.json, scale_gpu.log,
+# toy_reports.tar.gz (logs and gate JSONs) and the three models' weights as toy_weights.tar.*
+# pieces of 15 MiB (a returned file may have 16 MiB): `cat toy_weights.tar.* | tar x` rejoins them.
+# SKIP_TOY=1: the benchmark alone. BENCH_SECONDS, TOY_MINUTES, GATE_SECONDS: the parts' time limits.
+# Locally (no GPU) the same steps on tiny sizes:
+#   DEVICE=cpu TINY=1 TOY_MINUTES=0.3 PY=.venv/bin/python OUT=/tmp/gpu_out bash scripts/gpu_session.sh
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_out}
 PY=${PY:-python3}
 DEVICE=${DEVICE:-cuda}
-mkdir -p "$OUT"
+TOY=${TOY_DIR:-/tmp/toy}
+mkdir -p "$OUT" "$TOY"
 if ls .whl/*.whl >/dev/null 2>&1; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 export COMFYUI_PATH=${COMFYUI_PATH:-.hosts/comfyui-old} PYTHONUNBUFFERED=1
-{ nvidia-smi || true; $PY -c "import torch; print('torch', torch.__version__, torch.cuda.is_available())"; } > "$OUT/machine.txt" 2>&1
+{ nvidia-smi || true; nproc; $PY -c "import torch; print('torch', torch.__version__, torch.cuda.is_available())"; } \
+  > "$OUT/machine.txt" 2>&1
+stamp() { echo "$(date +%T) $*" >> "$OUT/machine.txt"; }
 
-timeout "${BENCH_SECONDS:-330}" $PY bench/bench_scale.py gpu ${TINY:+--tiny} --out "$OUT/scale_gpu.json" \
+stamp "bench_scale gpu: start"
+timeout "${BENCH_SECONDS:-240}" $PY bench/bench_scale.py gpu ${TINY:+--tiny} --out "$OUT/scale_gpu.json" \
   > "$OUT/scale_gpu.log" 2>&1
-echo "bench_scale gpu: exit $?" >> "$OUT/machine.txt"
+stamp "bench_scale gpu: exit $?"
 
-$PY scripts/train_toy_model.py --device "$DEVICE" --fresh --run-dir /tmp/toy_run --out /tmp/toy_run/toyworld.safetensors \
-  --max-minutes "${TOY_MINUTES:-2.5}" --export-partial > "$OUT/toy_train.log" 2>&1
-echo "train_toy_model: exit $?" >> "$OUT/machine.txt"
-timeout "${GATE_SECONDS:-90}" $PY scripts/eval_toy_model.py --weights /tmp/toy_run/toyworld.safetensors --device "$DEVICE" \
-  --per-prompt 2 ${TINY:+--per-relation 1} --json "$OUT/toy_gate.json" > "$OUT/toy_gate.log" 2>&1
-echo "eval_toy_model: exit $?" >> "$OUT/machine.txt"
-tail -n 3 "$OUT/machine.txt"
+if [ -n "${SKIP_TOY:-}" ]; then tail -n 4 "$OUT/machine.txt"; exit 0; fi   # the bench alone (a rerun)
+
+# name: extra training flags. default = the committed recipe's mix; the others give "inside"
+# (whose inner shape the committed model misses) 2x and 4x its default share of scenes.
+declare -A MIX=([default]="" [inside3]="--relation-weight inside=3" [inside6]="--relation-weight inside=6")
+stamp "toy training: start"
+for name in "${!MIX[@]}"; do
+  $PY scripts/train_toy_model.py --device "$DEVICE" --fresh --threads 2 --run-dir "$TOY/$name" --steps 30000 \
+    --checkpoint-every 100000 --out "$TOY/$name/toyworld.safetensors" --max-minutes "${TOY_MINUTES:-3.0}" \
+    --export-partial ${MIX[$name]} > "$TOY/train_$name.log" 2>&1 &
+done
+wait
+stamp "toy training: done"
+for name in "${!MIX[@]}"; do
+  timeout "${GATE_SECONDS:-100}" $PY scripts/eval_toy_model.py --weights "$TOY/$name/toyworld.safetensors" \
+    --device "$DEVICE" --threads 2 --per-prompt 2 ${TINY:+--per-relation 1} --json "$TOY/gate_$name.json" \
+    > "$TOY/gate_$name.log" 2>&1 &
+done
+wait
+stamp "toy gates: done"
+tar czf "$OUT/toy_reports.tar.gz" -C "$TOY" $(cd "$TOY" && ls *.log *.json 2>/dev/null)
+(cd "$TOY" && tar cf - */toyworld.safetensors 2>/dev/null) | split -b 15M - "$OUT/toy_weights.tar."
+stamp "packed: $(ls "$OUT" | tr '\n' ' ')"
+tail -n 8 "$OUT/machine.txt"
