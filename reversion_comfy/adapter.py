@@ -242,6 +242,54 @@ def unet_blocks(guard: SavedTensorGuard, checkpoint: bool, interrupt=lambda: Non
 
 
 @contextlib.contextmanager
+def text_layers(guard: SavedTensorGuard, text_encoders: torch.nn.Module, checkpoint: bool):
+    """Run each transformer layer of the host's CLIP text encoders (`comfy.clip_model.
+    CLIPLayer`, both hosts) through a wrapper that labels its saved bytes `text<i>` (its
+    input `textinput`) for `guard.measuring()`; with `checkpoint` (lean), each layer keeps
+    only its input for backward and recomputes its forward then. That frees, besides the
+    activations, the fp32 casts of fp16 CLIP weights that each linear layer saves (2.7 GiB
+    for SDXL's two encoders at any batch). A host without that class runs unwrapped.
+
+    The host adds into the layer's input in place (`x += attn(...)`); the wrapper gives the
+    layer a copy, so the input the checkpoint keeps is still the one it saw."""
+    try:
+        import comfy.clip_model as cm
+        layer_class = cm.CLIPLayer
+    except (ImportError, AttributeError):
+        yield
+        return
+    import torch.utils.checkpoint as ckpt
+    layers = [m for m in text_encoders.modules() if isinstance(m, layer_class)]
+
+    def wrapped(index, real):
+        def forward(x, *args, **kwargs):
+            if not torch.is_grad_enabled():
+                return real(x, *args, **kwargs)
+            if guard.meter is not None:
+                guard.meter[("textinput", index)] = (x.numel() * x.element_size(), "textinput")
+            previous, guard.region = guard.region, f"text{index}"
+
+            def run(x):
+                with guard.hooks():
+                    return real(x.clone() if checkpoint else x, *args, **kwargs)
+            try:
+                if checkpoint and x.requires_grad:
+                    return ckpt.checkpoint(run, x, use_reentrant=True, preserve_rng_state=False)
+                return run(x)
+            finally:
+                guard.region = previous
+        return forward
+
+    for i, layer in enumerate(layers):
+        layer.forward = wrapped(i, layer.forward)       # an instance attribute over the class's
+    try:
+        yield
+    finally:
+        for layer in layers:
+            del layer.forward
+
+
+@contextlib.contextmanager
 def memory_efficient_attention():
     """Route the UNet's attention through PyTorch SDPA for the duration of training, whatever
     the host was started with: the "math"/split/sub-quadratic paths keep ~3x more tensors for
@@ -341,7 +389,8 @@ class MemoryEstimate:
     forwards (latent 8x8, one and two exemplars) whose saved tensors are counted: a
     constant part (e.g. weight cast copies) and a part linear in exemplars x latent pixels
     (activations; linear in pixels too because attention is SDPA). Text-encoder bytes:
-    the one-caption probe's, times the captions (conservative: cast copies counted each time).
+    the one-caption probe's, times the captions (conservative: cast copies counted each
+    time); in lean, only its layer inputs and its largest layer (recomputed one at a time).
 
     `probes`: {exemplars x latent pixels: SavedTensorGuard.measured()}."""
 
@@ -354,7 +403,10 @@ class MemoryEstimate:
             b = max(0.0, (f(m2) - f(m1)) / (p2 - p1))
             return max(0.0, f(m1) - b * p1), b
         blocks = lambda m: [v for k, v in m.items() if k.startswith("block")]
-        self.text = m1.get("text", 0)
+        layers = [v for k, v in m1.items() if k.startswith("text") and k[4:].isdigit()]
+        self.text = m1.get("text", 0) + sum(layers)
+        # lean: the text encoders keep their layers' inputs and recompute one layer at a time
+        self.text_lean = m1.get("text", 0) + m1.get("textinput", 0) + max(layers, default=0)
         self.fast = fit(lambda m: sum(v for k, v in m.items() if k != "text" and not k.startswith("input")))
         self.outside = fit(lambda m: sum(v for k, v in m.items() if k == "other"))
         self.inputs = fit(lambda m: sum(v for k, v in m.items() if k.startswith("input")))
@@ -363,7 +415,8 @@ class MemoryEstimate:
     def needed(self, mode: str, batch: int, pixels: int) -> int:
         lin = lambda ab: ab[0] + ab[1] * pixels * batch
         unet = lin(self.fast) if mode == "fast" else lin(self.outside) + lin(self.inputs) + lin(self.largest)
-        return int(self.MARGIN * (unet + self.text * batch) + self.RESERVE)
+        text = self.text if mode == "fast" else self.text_lean
+        return int(self.MARGIN * (unet + text * batch) + self.RESERVE)
 
 
 def choose_memory(requested: str, estimate: MemoryEstimate | None, free: int | None, batch: int,
@@ -811,7 +864,8 @@ class ComfyBackend:
 
     def _loss(self, vectors, latents, captions, timesteps, noise, lean: bool = False) -> torch.Tensor:
         guard = self.guard
-        with guard.hooks(), unet_blocks(guard, checkpoint=lean, interrupt=self.interrupt):
+        with guard.hooks(), unet_blocks(guard, checkpoint=lean, interrupt=self.interrupt), \
+                text_layers(guard, self.clip.cond_stage_model, checkpoint=lean):
             guard.region = "text"
             cond, pooled = self.encode_batch(vectors, captions)
             guard.region = "other"

@@ -353,3 +353,34 @@ def test_a_training_run_leaves_no_tensors_behind(host, tiny, memory):
             adapter.train_relation(model, clip, vae, small_exemplars(2, 64), config, memory=memory)
         after.append(live_tensor_bytes())
     assert after[2] == after[1] == after[0], after
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_lean_keeps_only_the_text_layers_inputs(host, tiny, family):
+    """lean checkpoints every CLIP transformer layer as well as the UNet blocks: its forward
+    saves, per text layer, only that layer's input (fast saves each layer's activations and,
+    with an fp16 CLIP on a GPU, the fp32 cast of every weight). The lean estimate counts the
+    layer inputs plus the largest layer, recomputed in backward."""
+    from reversion_comfy import adapter
+    model, clip, _ = tiny(family)
+    with adapter.training_mode():
+        backend = prepared(model, clip)
+        with adapter.frozen_weights(model.model, clip.cond_stage_model):
+            latents, captions, t, noise = batch_inputs(backend, n=2)
+            backend.plan_memory(latents, captions[0], 2)
+            vectors = {k: v.requires_grad_(True) for k, v in backend.initial_vectors("and").items()}
+            saved = {}
+            for lean in (False, True):
+                with backend.guard.measuring():
+                    backend._loss(vectors, latents, captions, t, noise, lean=lean)
+                saved[lean] = backend.guard.measured()
+        backend.close()
+    layer_bytes = lambda m: {k: v for k, v in m.items() if k.startswith("text") and k[4:].isdigit()}
+    n_layers = sum(len(e.module.transformer.text_model.encoder.layers) for e in adapter.text_encoders(clip))
+    fast, lean = layer_bytes(saved[False]), layer_bytes(saved[True])
+    assert len(fast) == n_layers and len(saved[False]) > 0
+    # lean: each layer's saved bytes are its input alone (the checkpoint's), so at most 1x its input
+    inputs = saved[True]["textinput"]
+    assert len(lean) == n_layers and sum(lean.values()) <= inputs < sum(fast.values()) / 4
+    est = adapter.MemoryEstimate({64: saved[False], 128: saved[False]})
+    assert est.text_lean < est.text == saved[False].get("text", 0) + sum(fast.values())
