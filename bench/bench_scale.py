@@ -309,12 +309,17 @@ def auto_table(memory: dict, size: int) -> dict:
 def estimate_part(out: Path, families=("sd1", "sdxl")):
     """The adapter's memory estimate (two probe forwards) for SD1.5 at 512 px and SDXL at
     1024 px, micro-batch 2, UNet weights fp16 computing in fp16 (no manual cast, as on a
-    GPU), CLIP fp32; and what auto would choose with 8/12/16/24 GiB cards, where free =
-    card - weights - 1 GiB (ComfyUI's own reserve and the CUDA context; an assumption)."""
+    GPU), CLIP stored fp16 and computed fp32 (as ComfyUI runs it on a GPU: the casts of its
+    weights are saved for backward); and what auto would choose with 8/12/16/24 GiB cards,
+    where free = card - weights - 1 GiB (ComfyUI's own reserve and the CUDA context; an
+    assumption)."""
+    import comfy.cli_args
     import full_models
     from reversion_comfy import adapter
     torch.set_num_threads(1)
-    report = {"assumption": "free = card - weights - 1 GiB; estimates from CPU probes in fp16 (UNet) / fp32 (CLIP)",
+    comfy.cli_args.args.fp16_text_enc = True     # read when each CLIP is built
+    report = {"assumption": "free = card - weights - 1 GiB; estimates from CPU probes, UNet fp16, "
+                            "CLIP stored fp16 and computed fp32 (as on a GPU)",
               "models": {}}
     for family, size in [(f, {"sd1": 512, "sdxl": 1024}[f]) for f in families]:
         model, clip, vae = full_models.build(family, unet_dtype=torch.float16)

@@ -407,7 +407,8 @@ class MemoryEstimate:
         self.text = m1.get("text", 0) + sum(layers)
         # lean: the text encoders keep their layers' inputs and recompute one layer at a time
         self.text_lean = m1.get("text", 0) + m1.get("textinput", 0) + max(layers, default=0)
-        self.fast = fit(lambda m: sum(v for k, v in m.items() if k != "text" and not k.startswith("input")))
+        # the UNet's part: the text encoders' regions ("text", "text<i>", "textinput") are per caption
+        self.fast = fit(lambda m: sum(v for k, v in m.items() if not k.startswith(("text", "input"))))
         self.outside = fit(lambda m: sum(v for k, v in m.items() if k == "other"))
         self.inputs = fit(lambda m: sum(v for k, v in m.items() if k.startswith("input")))
         self.largest = fit(lambda m: max(blocks(m), default=0))

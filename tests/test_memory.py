@@ -211,6 +211,14 @@ def test_memory_estimate_is_linear_in_exemplars_and_pixels():
     est.MARGIN, est.RESERVE = 1.0, 0
     assert est.needed("fast", 2, 4096) == 100 + 7 * 4096 * 2 + 20
     assert est.needed("lean", 2, 4096) == 100 + (1 + 1 + 4) * 4096 * 2 + 20
+    # text bytes split by layer (the wrapper's labels): per caption, not per pixel, in both modes
+    for p in probes.values():
+        p.update({"text": 4, "text0": 3, "text1": 3, "textinput": 1})
+    probes[1024]["text1"] = 5          # a larger probe saves more text: must not be read as UNet pixels
+    est = adapter.MemoryEstimate(probes)
+    est.MARGIN, est.RESERVE = 1.0, 0
+    assert est.needed("fast", 2, 4096) == 100 + 7 * 4096 * 2 + 2 * (4 + 3 + 3)
+    assert est.needed("lean", 2, 4096) == 100 + (1 + 1 + 4) * 4096 * 2 + 2 * (4 + 1 + 3)
 
 
 def test_auto_choice_is_reported(host, tiny):
