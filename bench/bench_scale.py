@@ -94,7 +94,7 @@ def exemplars_for(size: int, n: int = 2):
 def reference_train(model, clip, vae, exemplars, config, update_seconds=None):
     """The paper's per-update procedure, written independently of reversion/trainer.py
     but drawing the same random numbers in the same order (so the losses must agree):
-    every micro-batch re-encodes its exemplars with the VAE; the text encoder's whole token
+    every micro-batch re-encodes its exemplars with the VAE; each text encoder's whole token
     table is the trainable parameter (the relation token's row starts as the init word's),
     AdamW steps the table and every other row is restored after the step; captions are
     encoded one at a time; every saved activation is cloned (the blanket in-place guard);
@@ -106,25 +106,27 @@ def reference_train(model, clip, vae, exemplars, config, update_seconds=None):
     with adapter.training_mode():
         backend = adapter.ComfyBackend(model, clip, "fast")
         backend.prepare()
-        (enc,) = backend.encoders
-        embedding = enc.module.transformer.get_input_embeddings()
-        stored = embedding.weight                 # the host's table (fp16 in ComfyUI's CLIP)
-        table = torch.nn.Parameter(stored.detach().float().clone())   # the paper trains it in fp32
-        embedding.weight = table
-        original = table.detach().clone()
-        rid = backend.standin_ids[enc.key]
-        init = enc.single_id(config.init_word, "init word")
-        with torch.no_grad():
-            table[rid] = table[init]
-        vocab = backend.steering_vocabulary(enc.key)
+        # per text encoder (SDXL has two): its whole token table, trainable, in fp32 as the
+        # paper trains it; the relation token's row starts as the init word's
+        tables, hosts, originals, keeps, rids, vocabs = {}, {}, {}, {}, {}, {}
+        for enc in backend.encoders:
+            embedding = enc.module.transformer.get_input_embeddings()
+            hosts[enc.key] = (embedding, embedding.weight)     # the host's table (fp16 in ComfyUI's CLIP)
+            table = tables[enc.key] = torch.nn.Parameter(embedding.weight.detach().float().clone())
+            embedding.weight = table
+            originals[enc.key] = table.detach().clone()
+            rids[enc.key] = rid = backend.standin_ids[enc.key]
+            with torch.no_grad():
+                table[rid] = table[enc.single_id(config.init_word, "init word")]
+            keeps[enc.key] = torch.ones(table.shape[0], dtype=torch.bool, device=table.device)
+            keeps[enc.key][rid] = False
+            vocabs[enc.key] = backend.steering_vocabulary(enc.key)
         gen = torch.Generator().manual_seed(config.seed)
         rng = random.Random(config.seed)
         sampler = timesteps.FocalTimestepSampler(config.focal_alpha, generator=gen)
-        opt = torch.optim.AdamW([table], lr=config.lr, betas=tuple(config.adam_betas), eps=config.adam_eps,
-                                weight_decay=config.weight_decay)
+        opt = torch.optim.AdamW(list(tables.values()), lr=config.lr, betas=tuple(config.adam_betas),
+                                eps=config.adam_eps, weight_decay=config.weight_decay)
         order = ExemplarOrder(len(exemplars.templates), gen)
-        keep = torch.ones(table.shape[0], dtype=torch.bool, device=table.device)
-        keep[rid] = False
         dev = backend.device      # the host's compute device: our draws are made on the CPU
         history, start = [], time.perf_counter()
         try:
@@ -142,27 +144,33 @@ def reference_train(model, clip, vae, exemplars, config, update_seconds=None):
                             encoded = [clip.encode_from_tokens(backend._tokenize(c), return_pooled=True)
                                        for c in captions]
                             cond = torch.cat([c for c, _ in encoded]).to(dev)
+                            pooled = None if encoded[0][1] is None else torch.cat([p for _, p in encoded]).to(dev)
                             x0 = model.model.process_latent_in(latents.to(dev))
                             sigma = adapter.sigma_for_timestep(backend.ms, t.to(dev)).to(x0)
                             x = adapter.noisy_latent(x0, noise, sigma)
-                            denoised = model.model.apply_model(x, sigma, **backend.model_conds(cond, None, x))
+                            denoised = model.model.apply_model(x, sigma, **backend.model_conds(cond, pooled, x))
                         pred, target = adapter.prediction_and_target(backend.ms, x, x0, noise, sigma, denoised)
                         denoise = torch.nn.functional.mse_loss(pred, target)
-                        pos = table[torch.tensor(vocab.positive_ids(words))]
-                        neg = table[torch.tensor(vocab.negative_ids([enc.content_ids(c) for c in captions]))]
-                        steer = steering.steering_loss(table[rid], pos, neg, config.temperature)
+                        steer = torch.stack([steering.steering_loss(   # averaged over text encoders
+                            tables[enc.key][rids[enc.key]],
+                            tables[enc.key][torch.tensor(vocabs[enc.key].positive_ids(words))],
+                            tables[enc.key][torch.tensor(vocabs[enc.key].negative_ids(
+                                [enc.content_ids(c) for c in captions]))],
+                            config.temperature) for enc in backend.encoders]).mean()
                         loss = denoise + config.steering_weight * steer
                         (loss / config.grad_accum).backward()
                         total += float(loss.detach()) / config.grad_accum
                     opt.step()
                     opt.zero_grad(set_to_none=True)
                     with torch.no_grad():
-                        table[keep] = original[keep]
+                        for key, table in tables.items():
+                            table[keeps[key]] = originals[key][keeps[key]]
                     history.append(total)
                     if update_seconds is not None:
                         update_seconds.append(time.perf_counter() - start - sum(update_seconds))
         finally:
-            embedding.weight = stored
+            for embedding, weight in hosts.values():
+                embedding.weight = weight
     return history, time.perf_counter() - start
 
 
@@ -338,6 +346,11 @@ def estimate_part(out: Path, families=("sd1", "sdxl")):
                "lean_one_exemplar_gib": None, "choice": {}}
         estimate = backend.last_estimate
         row["lean_one_exemplar_gib"] = round(estimate.needed("lean", 1, (size // 8) ** 2) / GiB, 2)
+        # the fitted parts (constant GiB, GiB per exemplar x latent pixel) and text bytes per caption
+        row["estimate_parts"] = {k: [round(getattr(estimate, k)[0] / GiB, 4), getattr(estimate, k)[1] / GiB]
+                                 for k in ("fast", "outside", "inputs", "largest")}
+        row["estimate_parts"].update(text_gib=round(estimate.text / GiB, 3),
+                                     text_lean_gib=round(estimate.text_lean / GiB, 3))
         for card in (8, 12, 16, 24):
             free = int((card - 1) * GiB - weights)
             try:
@@ -459,9 +472,7 @@ def gpu_case(family: str, size: int, batch: int, dtype_name: str, grads_path: Pa
         print(row, flush=True)
     if dtype is torch.float32:
         torch.save(grads, grads_path)
-    from reversion_comfy import adapter
-    # the paper's procedure (reference_train) is written for one text encoder (SD1.x, SD2.x)
-    updates = timed_updates(model, clip, vae, size, dtype, cuda, reference=len(adapter.text_encoders(clip)) == 1)
+    updates = timed_updates(model, clip, vae, size, dtype, cuda)
     updates["family"] = family
     return {"rows": rows, "updates": updates}
 
@@ -485,10 +496,10 @@ def save(out: Path, report: dict) -> None:
     out.write_text(json.dumps(report, indent=1))
 
 
-def timed_updates(model, clip, vae, size, dtype, cuda, updates=4, reference=True) -> dict:
+def timed_updates(model, clip, vae, size, dtype, cuda, updates=4) -> dict:
     """Whole updates (2 x 4) timed one by one (the first also warms up): Train Relation's
-    path with memory=auto in `dtype`, and with fp32 weights (and `reference`) also the
-    paper's procedure (reference_train) on the same model."""
+    path with memory=auto in `dtype`, and with fp32 weights also the paper's procedure
+    (reference_train) on the same model."""
     from reversion.trainer import TrainConfig
     from reversion_comfy import adapter
     config = TrainConfig(steps=updates, batch_size=2, grad_accum=4, seed=2023)
@@ -498,7 +509,7 @@ def timed_updates(model, clip, vae, size, dtype, cuda, updates=4, reference=True
         if cuda:
             torch.cuda.synchronize()
     out = {"size": size, "dtype": str(dtype).split(".")[-1], "updates": updates}
-    if dtype is torch.float32 and reference:
+    if dtype is torch.float32:
         seconds: list[float] = []
         with torch.inference_mode():
             losses, _ = reference_train(model, clip, vae, exemplars, config, seconds)

@@ -280,13 +280,17 @@ def text_layers(guard: SavedTensorGuard, text_encoders: torch.nn.Module, checkpo
                 guard.region = previous
         return forward
 
+    own = [layer.__dict__.get("forward") for layer in layers]      # instance-level wrappers others set
     for i, layer in enumerate(layers):
         layer.forward = wrapped(i, layer.forward)       # an instance attribute over the class's
     try:
         yield
     finally:
-        for layer in layers:
-            del layer.forward
+        for layer, previous in zip(layers, own):
+            if previous is None:
+                del layer.forward
+            else:
+                layer.forward = previous
 
 
 @contextlib.contextmanager
@@ -370,7 +374,8 @@ class MemoryPlan:
     def describe(self) -> str:
         split = (f", {self.batch} exemplars per update in one forward" if self.chunk >= self.batch else
                  f", {self.batch} exemplars per update in forwards of {self.chunk}")
-        what = "gradient checkpointing of the UNet blocks" if self.mode == "lean" else "no checkpointing"
+        what = ("gradient checkpointing of the UNet blocks and CLIP layers" if self.mode == "lean"
+                else "no checkpointing")
         est = "" if not self.needed else " (estimated per micro-batch " + ", ".join(
             f"{k} {v / GiB:.2f} GiB" for k, v in self.needed.items()) + \
             (f"; this plan {self.planned / GiB:.2f} GiB" if self.planned is not None else "") + \
@@ -883,7 +888,7 @@ class ComfyBackend:
     def denoising_loss(self, vectors, latents, captions, timesteps, noise) -> torch.Tensor:
         """The update's denoising loss (mean over its exemplars); memory strategy per
         `self.plan`: forwards of `plan.chunk` exemplars, each backpropagated at once when
-        there are several (lean: with checkpointed UNet blocks). The gradient is the same
+        there are several (lean: with checkpointed UNet blocks and CLIP layers). The gradient is the same
         either way."""
         if self.plan is None:
             self.plan_memory(latents, captions[0], len(captions))

@@ -292,7 +292,8 @@ def test_gpu_benchmark_part_runs_on_tiny_models(host, tmp_path):
             assert all(0.8 < c <= 1.0 + 1e-6 for c in r["grad_cosine_to_fp32"].values()), r
 
 
-def test_benchmark_reference_procedure_reaches_our_losses(host, tiny):
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_benchmark_reference_procedure_reaches_our_losses(host, tiny, family):
     """bench_scale's re-implementation of the paper's per-update procedure (VAE every
     micro-batch, whole fp32 token table, other rows restored) gives our trainer's losses."""
     import importlib.util
@@ -302,7 +303,7 @@ def test_benchmark_reference_procedure_reaches_our_losses(host, tiny):
     spec = importlib.util.spec_from_file_location("bench_scale", REPO / "bench" / "bench_scale.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    model, clip, vae = tiny("sd1")
+    model, clip, vae = tiny(family)      # SDXL: two text encoders, two tables, the pooled output
     exemplars = bench.exemplars_for(64)
     config = TrainConfig(steps=2, batch_size=2, grad_accum=2, seed=2023)
     with torch.inference_mode():
@@ -392,3 +393,22 @@ def test_lean_keeps_only_the_text_layers_inputs(host, tiny, family):
     assert len(lean) == n_layers and sum(lean.values()) <= inputs < sum(fast.values()) / 4
     est = adapter.MemoryEstimate({64: saved[False], 128: saved[False]})
     assert est.text_lean < est.text == saved[False].get("text", 0) + sum(fast.values())
+
+
+def test_text_layer_wrappers_are_removed_and_keep_others(host, tiny):
+    """lean wraps each CLIP layer's forward for the duration of a forward only; a wrapper
+    another extension had put on a layer instance is back in place afterwards."""
+    from reversion_comfy import adapter
+    model, clip, _ = tiny("sd1")
+    layers = list(clip.cond_stage_model.clip_l.transformer.text_model.encoder.layers)
+    theirs = layers[0].forward            # a bound method, set as an instance attribute
+    layers[0].forward = theirs
+    try:
+        guard = adapter.SavedTensorGuard([clip.cond_stage_model])
+        with adapter.text_layers(guard, clip.cond_stage_model, checkpoint=True):
+            assert all("forward" in layer.__dict__ for layer in layers)
+            assert layers[0].forward is not theirs
+        assert layers[0].__dict__["forward"] is theirs
+        assert all("forward" not in layer.__dict__ for layer in layers[1:])
+    finally:
+        del layers[0].forward
