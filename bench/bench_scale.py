@@ -28,8 +28,9 @@ when it fits), after a warm-up run: seconds, FLOPs, peak memory above what was a
 before (torch.cuda.max_memory_allocated; the loaded weights are `weights_gib`), and the
 cosine of the <R> gradient to the fp32 model's on the same inputs with the share of its
 entries that are exactly zero (fp16 underflow). Then 4 whole updates per dtype through
-Train Relation's path (memory=auto) and, on the fp32 weights of SD1.5, the paper's
-procedure: the reference ratio of each dtype's last update.
+Train Relation's path (memory=auto) and, on the fp32 weights, the paper's procedure
+(SD1.5 and SDXL): the reference ratio of each dtype's last update. A row's seconds, FLOPs
+and peak include the adapter's per-call set-up (loading check, VAE encode, one probe).
 """
 from __future__ import annotations
 
@@ -325,7 +326,8 @@ def estimate_part(out: Path, families=("sd1", "sdxl")):
     import full_models
     from reversion_comfy import adapter
     torch.set_num_threads(1)
-    comfy.cli_args.args.fp16_text_enc = True     # read when each CLIP is built
+    before = comfy.cli_args.args.fp16_text_enc
+    comfy.cli_args.args.fp16_text_enc = True     # read when each CLIP is built (restored at the end)
     report = {"assumption": "free = card - weights - 1 GiB; estimates from CPU probes, UNet fp16, "
                             "CLIP stored fp16 and computed fp32 (as on a GPU)",
               "models": {}}
@@ -361,6 +363,7 @@ def estimate_part(out: Path, families=("sd1", "sdxl")):
         report["models"][family] = row
         print(family, row, flush=True)
         del model, clip, vae, backend
+    comfy.cli_args.args.fp16_text_enc = before
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1))
     return report
@@ -396,16 +399,18 @@ def gpu_part(out: Path, tiny: bool = False):
                 cmd = [sys.executable, str(Path(__file__).resolve()), "gpu-case", "--family", family,
                        "--size", str(size), "--dtype", dtype, "--grads", str(Path(tmp) / f"{family}_grads.pt"),
                        "--out", str(part)] + (["--tiny"] if tiny else [])
-                if subprocess.run(cmd).returncode or not part.is_file():
+                failed = subprocess.run(cmd).returncode != 0
+                case = json.loads(part.read_text()) if part.is_file() else {"rows": [], "updates": None}
+                report["rows"] += case["rows"]
+                if failed or case["updates"] is None:
                     report["failed"].append(f"{family} {dtype}")
+                    save(out, report)
                     continue
-                case = json.loads(part.read_text())
                 updates = case["updates"]
                 reference = reference or updates.get("reference_update_seconds")
                 if reference:
                     updates["time_ratio_to_fp32_reference_last_update"] = round(
                         updates["update_seconds"][-1] / reference[-1], 3)
-                report["rows"] += case["rows"]
                 report["updates"].append(updates)
                 print(updates, flush=True)
                 save(out, report)      # after every case: a run stopped at its time limit keeps what it measured
@@ -414,7 +419,8 @@ def gpu_part(out: Path, tiny: bool = False):
     return report
 
 
-def gpu_case(family: str, size: int, batch: int, dtype_name: str, grads_path: Path, tiny: bool) -> dict:
+def gpu_case(family: str, size: int, batch: int, dtype_name: str, grads_path: Path, tiny: bool,
+             out: Path | None = None) -> dict:
     """One model in one dtype, in this process: each mode's forward + backward timed after
     a warm-up run (kernel choice, loading), peak memory above what was allocated before it
     (the loaded weights), FLOPs, the <R> gradient (and its cosine to the fp32 case's, read
@@ -470,6 +476,8 @@ def gpu_case(family: str, size: int, batch: int, dtype_name: str, grads_path: Pa
                 g.flatten(), reference[mode][k].flatten(), dim=0)), 5) for k, g in grads[mode].items()}
         rows.append(row)
         print(row, flush=True)
+        if out is not None:          # after every row: a case stopped later keeps its rows
+            out.write_text(json.dumps({"rows": rows, "updates": None}))
     if dtype is torch.float32:
         torch.save(grads, grads_path)
     updates = timed_updates(model, clip, vae, size, dtype, cuda)
@@ -556,7 +564,8 @@ def main():
         estimate_part(args.out or REPO / "bench" / "results" / "scale_estimates.json",
                       (args.family or "sd1,sdxl").split(","))
     elif args.part == "gpu-case":
-        args.out.write_text(json.dumps(gpu_case(args.family or "sd1", args.size, 2, args.dtype, args.grads, args.tiny)))
+        case = gpu_case(args.family or "sd1", args.size, 2, args.dtype, args.grads, args.tiny, args.out)
+        args.out.write_text(json.dumps(case))
     else:
         gpu_part(args.out or REPO / "bench" / "results" / f"scale_gpu{'_tiny' if args.tiny else ''}.json", args.tiny)
 

@@ -92,8 +92,9 @@ class SavedTensorGuard:
     with the module that saved it; the modules whose saved tensors were later modified in
     place (CLIP's layer norms under `x += ...`, the 2024 UNet's transformer norms) form the
     clone set. During training only tensors saved inside those modules are cloned;
-    everywhere else autograd keeps its own in-place check, so a host change that adds an
-    in-place op raises instead of silently corrupting gradients.
+    everywhere else `unpack` checks the saved tensor's version (autograd skips its own
+    check for hooked tensors), so a host change that adds an in-place op raises instead of
+    silently corrupting gradients.
     """
 
     def __init__(self, roots: list[torch.nn.Module]):
@@ -117,11 +118,23 @@ class SavedTensorGuard:
         # memory probes) then leak all they saved (e.g. fp32 casts of an fp16 CLIP, GiBs on
         # SDXL) on every training run. Autograd restores the grad_fn when unpacking.
         if self._clone_depth and t.requires_grad:
-            return t.detach().clone()
-        return t.detach()
+            return t.detach().clone(), None          # a private copy: nothing can modify it
+        return t.detach(), (None if t.is_inference() else t._version)
+
+    @staticmethod
+    def unpack(packed):
+        """Autograd skips its own in-place check for tensors packed by hooks; this is it:
+        a saved tensor modified in place after saving would give a wrong gradient."""
+        t, version = packed
+        if version is not None and t._version != version:
+            raise RuntimeError(
+                f"ReVersion: host code modified a tensor {tuple(t.shape)} in place after autograd saved it, "
+                f"outside the modules it clones for; the gradient would be wrong, so training stopped. "
+                f"Please report it with your ComfyUI version.")
+        return t
 
     def hooks(self):
-        return torch.autograd.graph.saved_tensors_hooks(self.pack, lambda t: t)
+        return torch.autograd.graph.saved_tensors_hooks(self.pack, self.unpack)
 
     @contextlib.contextmanager
     def find_inplace(self):
@@ -281,16 +294,16 @@ def text_layers(guard: SavedTensorGuard, text_encoders: torch.nn.Module, checkpo
         return forward
 
     own = [layer.__dict__.get("forward") for layer in layers]      # instance-level wrappers others set
-    for i, layer in enumerate(layers):
-        layer.forward = wrapped(i, layer.forward)       # an instance attribute over the class's
     try:
+        for i, layer in enumerate(layers):
+            layer.forward = wrapped(i, layer.forward)   # an instance attribute over the class's
         yield
     finally:
         for layer, previous in zip(layers, own):
-            if previous is None:
-                del layer.forward
-            else:
+            if previous is not None:
                 layer.forward = previous
+            elif "forward" in layer.__dict__:
+                del layer.forward
 
 
 @contextlib.contextmanager

@@ -116,7 +116,7 @@ def test_lean_gradient_matches_finite_differences(host, tiny):
 
 def test_clones_only_where_the_host_modifies_saved_tensors_in_place(host, tiny):
     """CLIP's layers do `x += ...` in both hosts; the UNet only in the 2024 host. Elsewhere
-    nothing is cloned and autograd's own in-place check stays on."""
+    nothing is cloned and the guard's in-place check (`unpack`) stays on."""
     from reversion_comfy import adapter
     model, clip, _ = tiny("sd1")
     with adapter.training_mode():
@@ -412,3 +412,31 @@ def test_text_layer_wrappers_are_removed_and_keep_others(host, tiny):
         assert all("forward" not in layer.__dict__ for layer in layers[1:])
     finally:
         del layers[0].forward
+
+
+class _Sin(torch.nn.Module):
+    def forward(self, x):
+        return x.sin()
+
+
+def test_a_saved_tensor_modified_in_place_outside_the_clone_set_stops_training(host):
+    """Autograd does not check the version of tensors its saved-tensor hooks packed; the
+    guard does: an in-place write after saving, where nothing was cloned, raises at backward
+    instead of giving a silently wrong gradient. Inside the clone set the gradient is exact."""
+    from reversion_comfy import adapter
+    for clone in (False, True):
+        sin = _Sin()
+        guard = adapter.SavedTensorGuard([sin])
+        guard.watch({sin} if clone else set())
+        x = torch.randn(2, 3, requires_grad=True)
+        h = x * 2
+        with guard.hooks():
+            z = sin(h).sum()            # sin saves h
+        h.add_(1)                       # a host's `h += ...` after h was saved
+        if clone:
+            z.backward()
+            torch.testing.assert_close(x.grad, 2 * torch.cos(2 * x.detach()))
+        else:
+            with pytest.raises(RuntimeError, match="modified a tensor .* in place after autograd saved it"):
+                z.backward()
+        guard.close()
