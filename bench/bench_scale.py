@@ -333,8 +333,7 @@ def estimate_part(out: Path, families=("sd1", "sdxl")):
               "models": {}}
     for family, size in [(f, {"sd1": 512, "sdxl": 1024}[f]) for f in families]:
         model, clip, vae = full_models.build(family, unet_dtype=torch.float16)
-        weights = sum(p.numel() * p.element_size() for m in (model.model, clip.cond_stage_model)
-                      for p in m.parameters())
+        weights = sum(bytes_by_dtype(model.model, clip.cond_stage_model).values())
         with torch.inference_mode(), adapter.training_mode():
             backend = adapter.ComfyBackend(model, clip, "auto")
             backend.prepare()
@@ -430,15 +429,8 @@ def gpu_case(family: str, size: int, batch: int, dtype_name: str, grads_path: Pa
     cuda = torch.cuda.is_available()
     dtype = getattr(torch, dtype_name)
     model, clip, vae = build_for_gpu(tiny_models if tiny else full_models, family, dtype)
-    by_dtype: dict[str, int] = {}
-    for m in (model.model, clip.cond_stage_model):
-        for p in m.parameters():
-            key = str(p.dtype).split(".")[-1]
-            by_dtype[key] = by_dtype.get(key, 0) + p.numel() * p.element_size()
-    clip_bytes: dict[str, int] = {}
-    for p in clip.cond_stage_model.parameters():
-        key = str(p.dtype).split(".")[-1]
-        clip_bytes[key] = clip_bytes.get(key, 0) + p.numel() * p.element_size()
+    weights = sum(bytes_by_dtype(model.model, clip.cond_stage_model).values())
+    clip_bytes = bytes_by_dtype(clip.cond_stage_model)
     reference = torch.load(grads_path) if dtype is not torch.float32 and grads_path.is_file() else None
     grads, rows = {}, []
 
@@ -461,7 +453,7 @@ def gpu_case(family: str, size: int, batch: int, dtype_name: str, grads_path: Pa
         peak = torch.cuda.max_memory_allocated() if cuda else 0
         flops = count_flops(lambda: run_micro_batch(model, clip, vae, exemplars, adapter_mode, n))
         row = {"family": family, "size": size, "dtype": dtype_name, "mode": mode, "exemplars": n,
-               "weights_gib": round(sum(by_dtype.values()) / GiB, 3),
+               "weights_gib": round(weights / GiB, 3),
                "clip_weights_gib_by_dtype": {k: round(v / GiB, 3) for k, v in clip_bytes.items()},
                "seconds": round(seconds, 4), "seconds_per_micro_batch": round(seconds * batch / n, 4),
                "tflop": round(flops / 1e12, 3), "achieved_tflop_per_s": round(flops / seconds / 1e12, 1),
@@ -483,6 +475,16 @@ def gpu_case(family: str, size: int, batch: int, dtype_name: str, grads_path: Pa
     updates = timed_updates(model, clip, vae, size, dtype, cuda)
     updates["family"] = family
     return {"rows": rows, "updates": updates}
+
+
+def bytes_by_dtype(*modules: torch.nn.Module) -> dict[str, int]:
+    """Parameter bytes of `modules`, per dtype name ("float16", ...)."""
+    out: dict[str, int] = {}
+    for m in modules:
+        for p in m.parameters():
+            key = str(p.dtype).split(".")[-1]
+            out[key] = out.get(key, 0) + p.numel() * p.element_size()
+    return out
 
 
 def build_for_gpu(builder, family: str, dtype: torch.dtype):
