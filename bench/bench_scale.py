@@ -1,7 +1,9 @@
 """Full-size SD memory and speed per memory mode, and the ratio to the paper's procedure.
 
     python bench/bench_scale.py                 # or: make bench-scale  (CPU, ~15 min on 1 core)
-    python bench/bench_scale.py gpu             # on a CUDA machine (not run yet: see BENCHMARKS.md)
+    python bench/bench_scale.py gpu             # on a CUDA machine (scripts/gpu_session.sh; BENCHMARKS.md)
+    python bench/bench_scale.py profile --size 512 --dtype bfloat16   # where an update's time goes (GPU)
+    python bench/bench_scale.py profile --tiny --size 64               # the same on tiny models (CPU, tested)
     python bench/bench_scale.py gpu --tiny      # the GPU part on tiny models, runs anywhere (tested)
     python bench/bench_scale.py cpu --tiny --size 64   # the CPU part on tiny models (seconds)
 
@@ -35,6 +37,7 @@ and peak include the adapter's per-call set-up (loading check, VAE encode, one p
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import random
@@ -322,17 +325,15 @@ def estimate_part(out: Path, families=("sd1", "sdxl")):
     weights are saved for backward); and what auto would choose with 8/12/16/24 GiB cards,
     where free = card - weights - 1 GiB (ComfyUI's own reserve and the CUDA context; an
     assumption)."""
-    import comfy.cli_args
     import full_models
     from reversion_comfy import adapter
     torch.set_num_threads(1)
-    before = comfy.cli_args.args.fp16_text_enc
-    comfy.cli_args.args.fp16_text_enc = True     # read when each CLIP is built (restored at the end)
     report = {"assumption": "free = card - weights - 1 GiB; estimates from CPU probes, UNet fp16, "
                             "CLIP stored fp16 and computed fp32 (as on a GPU)",
               "models": {}}
     for family, size in [(f, {"sd1": 512, "sdxl": 1024}[f]) for f in families]:
-        model, clip, vae = full_models.build(family, unet_dtype=torch.float16)
+        with comfy_flag("fp16_text_enc", True):
+            model, clip, vae = full_models.build(family, unet_dtype=torch.float16)
         weights = sum(bytes_by_dtype(model.model, clip.cond_stage_model).values())
         with torch.inference_mode(), adapter.training_mode():
             backend = adapter.ComfyBackend(model, clip, "auto")
@@ -362,7 +363,6 @@ def estimate_part(out: Path, families=("sd1", "sdxl")):
         report["models"][family] = row
         print(family, row, flush=True)
         del model, clip, vae, backend
-    comfy.cli_args.args.fp16_text_enc = before
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1))
     return report
@@ -477,6 +477,143 @@ def gpu_case(family: str, size: int, batch: int, dtype_name: str, grads_path: Pa
     return {"rows": rows, "updates": updates}
 
 
+# ------------------------------------------------------------------ where an update's time goes
+
+PROFILE_VARIANTS = {     # name: what changes for the timing
+    "ours": "Train Relation's forward + backward of one whole update (fast, all exemplars in one forward)",
+    "cudnn.benchmark": "the same with cuDNN's convolution autotuner on",
+}
+
+
+def profile_part(out: Path, family: str, size: int, dtype_name: str, tiny: bool, updates: int = 4) -> dict:
+    """Where the time of one update goes, for issue 7's gap to the FLOP floor (on a GPU; on
+    the CPU with `tiny` to test it): whole updates through Train Relation's path under
+    torch.profiler (memory=auto; the last two profiled), giving the wall time per update, the device's
+    busy time (kernels; its idle share says whether the update is bound by Python/launch
+    overhead rather than by the GPU), kernel launches, host-device syncs (`.item()`,
+    `float(t)`, copies to the CPU) and the top ops; then the whole update's forward +
+    backward alone, per PROFILE_VARIANTS, each timed 3 times after a warm-up, with the
+    saved-tensor hooks' calls and their own (Python) seconds."""
+    import full_models
+    import tiny_models
+    from torch.profiler import ProfilerActivity, profile
+    from reversion.trainer import TrainConfig
+    from reversion_comfy import adapter
+    cuda = torch.cuda.is_available()
+    dtype = getattr(torch, dtype_name)
+    model, clip, vae = build_for_gpu(tiny_models if tiny else full_models, family, dtype)
+    exemplars = exemplars_for(size, 8)
+    config = TrainConfig(steps=updates, batch_size=2, grad_accum=4, seed=2023)
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    prof = profile(activities=activities)        # on for the last two updates (earlier ones warm up)
+    stamps = []
+
+    def tick(step, total, record, vectors):
+        sync()
+        stamps.append(time.perf_counter())
+        if step == total - 2:
+            prof.start()
+        elif step == total:
+            prof.stop()
+    sync()
+    stamps.append(time.perf_counter())
+    with torch.inference_mode():
+        result = adapter.train_relation(model, clip, vae, exemplars, config, tick, memory="auto")
+    events = prof.key_averages()
+
+    def device_us(e):
+        return getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0) or 0
+
+    def count(*names):
+        return sum(e.count for e in events if e.key in names) / 2          # per profiled update
+    wall = (stamps[-1] - stamps[-3]) / 2
+    busy = sum(device_us(e) for e in events) / 2 / 1e6 if cuda else None
+    by_device = sorted(events, key=device_us, reverse=True) if cuda else []
+    by_cpu = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)
+    report = {
+        "family": family, "size": size, "dtype": dtype_name, "tiny": tiny, "torch": torch.__version__,
+        "device": torch.cuda.get_device_name() if cuda else "cpu", "plan": result.memory,
+        "update_seconds": [round(b - a, 4) for a, b in zip(stamps, stamps[1:])],
+        "profiled_update_seconds": round(wall, 4),
+        "device_busy_seconds": round(busy, 4) if cuda else None,
+        "device_idle_share": round(1 - busy / wall, 3) if cuda else None,
+        "per_update": {
+            "cpu_ops": round(sum(e.count for e in events if e.key.startswith("aten::")) / 2),
+            "kernel_launches": count("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx"),
+            "item_syncs": count("aten::_local_scalar_dense"),
+            "equal_syncs": count("aten::equal"),
+            "stream_syncs": count("cudaStreamSynchronize", "cudaDeviceSynchronize"),
+            "memcpy": count("cudaMemcpyAsync", "cudaMemcpy"),
+        },
+        "top_device_ops": [{"op": e.key, "ms": round(device_us(e) / 2e3, 3), "count": e.count // 2}
+                           for e in by_device[:15]],
+        "top_cpu_ops": [{"op": e.key, "self_cpu_ms": round(e.self_cpu_time_total / 2e3, 3), "count": e.count // 2}
+                        for e in by_cpu[:15]],
+    }
+    print({k: v for k, v in report.items() if not k.startswith("top")}, flush=True)
+    report["forward_backward"] = forward_backward_variants(model, clip, vae, exemplars, sync)
+    save(out, report)
+    return report
+
+
+def forward_backward_variants(model, clip, vae, exemplars, sync, reps: int = 3) -> dict:
+    """The whole update's denoising forward + backward alone (no steering, optimizer or
+    loop), in one forward of all exemplars, per PROFILE_VARIANTS: seconds of each of `reps`
+    runs after a warm-up, and the guard's pack/unpack calls and seconds in them per run (the
+    Python cost of the in-place guard, on the CPU's critical path)."""
+    from reversion_comfy import adapter
+    out = {}
+    caption = f"a cat {adapter.STANDIN} a dog"
+    with torch.inference_mode(), adapter.training_mode():
+        backend = adapter.ComfyBackend(model, clip, "fast")
+        backend.prepare()
+        latents = adapter.vae_encode(vae, exemplars.images, 0)
+        n = latents.shape[0]
+        g = torch.Generator().manual_seed(0)
+        t, noise = torch.tensor([500, 900] * (n // 2)), torch.randn(latents.shape, generator=g)
+        try:
+            with adapter.frozen_weights(model.model, clip.cond_stage_model), adapter.memory_efficient_attention():
+                backend.plan_memory(latents, caption, n)
+                guard, calls = backend.guard, {"pack": 0, "unpack": 0, "seconds": 0.0}
+
+                def timed(fn, name):
+                    def hook(x):
+                        start = time.perf_counter()
+                        try:
+                            return fn(x)
+                        finally:
+                            calls[name] += 1
+                            calls["seconds"] += time.perf_counter() - start
+                    return hook
+                guard.pack, guard.unpack = timed(guard.pack, "pack"), timed(guard.unpack, "unpack")   # this backend's
+                benchmark = torch.backends.cudnn.benchmark
+                for name in PROFILE_VARIANTS:
+                    torch.backends.cudnn.benchmark = name == "cudnn.benchmark"
+                    seconds = []
+                    try:
+                        for rep in range(reps + 1):
+                            vectors = {k: torch.nn.Parameter(v) for k, v in backend.initial_vectors("and").items()}
+                            calls.update(pack=0, unpack=0, seconds=0.0)
+                            sync()
+                            start = time.perf_counter()
+                            backend.denoising_loss(vectors, latents, [caption] * n, t, noise).backward()
+                            sync()
+                            seconds.append(time.perf_counter() - start)
+                    finally:
+                        torch.backends.cudnn.benchmark = benchmark
+                    out[name] = {"seconds": [round(s, 4) for s in seconds[1:]], "what": PROFILE_VARIANTS[name],
+                                 "hook_calls": {k: calls[k] for k in ("pack", "unpack")},
+                                 "hook_seconds": round(calls["seconds"], 4)}
+                    print(name, out[name], flush=True)
+        finally:
+            backend.close()
+    return out
+
+
 def bytes_by_dtype(*modules: torch.nn.Module) -> dict[str, int]:
     """Parameter bytes of `modules`, per dtype name ("float16", ...)."""
     out: dict[str, int] = {}
@@ -491,14 +628,22 @@ def build_for_gpu(builder, family: str, dtype: torch.dtype):
     """The model in `dtype`: with fp32, the text encoder in fp32 too (the paper's setting and
     the gradients' reference); otherwise the text encoder as ComfyUI loads it on this device
     (fp16 on a GPU)."""
+    with comfy_flag("fp32_text_enc", dtype is torch.float32):
+        return builder.build(family, unet_dtype=dtype)
+
+
+@contextlib.contextmanager
+def comfy_flag(name: str, value):
+    """One of ComfyUI's command-line flags set for the block (the text encoder's dtype flags
+    are read when a CLIP is built), put back after it."""
     import comfy.cli_args
     args = comfy.cli_args.args
-    before = getattr(args, "fp32_text_enc", False)
-    args.fp32_text_enc = dtype is torch.float32     # read when the CLIP is built
+    before = getattr(args, name, False)
+    setattr(args, name, value)
     try:
-        return builder.build(family, unet_dtype=dtype)
+        yield
     finally:
-        args.fp32_text_enc = before
+        setattr(args, name, before)
 
 
 def save(out: Path, report: dict) -> None:
@@ -545,13 +690,13 @@ def timed_updates(model, clip, vae, size, dtype, cuda, updates=4) -> dict:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("part", nargs="?", default="cpu", choices=["cpu", "cpu-row", "estimate", "gpu", "gpu-case"])
+    p.add_argument("part", nargs="?", default="cpu", choices=["cpu", "cpu-row", "estimate", "gpu", "gpu-case", "profile"])
     p.add_argument("--row", choices=list(CPU_ROWS), help="cpu-row: the row to measure (the cpu part runs each)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--family", default=None, help="cpu: sd1 (default); estimate: sd1,sdxl (default)")
     p.add_argument("--tiny", action="store_true")
-    p.add_argument("--dtype", default="float32", help="gpu-case: the model's dtype")
+    p.add_argument("--dtype", default=None, help="gpu-case (default float32), profile (default bfloat16): the model's dtype")
     p.add_argument("--grads", type=Path, help="gpu-case: the fp32 case's gradients (written by it, read by others)")
     p.add_argument("--out", type=Path)
     args = p.parse_args()
@@ -566,8 +711,14 @@ def main():
         estimate_part(args.out or REPO / "bench" / "results" / "scale_estimates.json",
                       (args.family or "sd1,sdxl").split(","))
     elif args.part == "gpu-case":
-        case = gpu_case(args.family or "sd1", args.size, 2, args.dtype, args.grads, args.tiny, args.out)
+        case = gpu_case(args.family or "sd1", args.size, 2, args.dtype or "float32", args.grads, args.tiny, args.out)
         args.out.write_text(json.dumps(case))
+    elif args.part == "profile":
+        family, dtype = args.family or "sd1", args.dtype or "bfloat16"
+        if not torch.cuda.is_available():
+            torch.set_num_threads(args.threads)
+        profile_part(args.out or REPO / "bench" / "results" / f"profile_{family}_{dtype}.json", family,
+                     args.size, dtype, args.tiny)
     else:
         gpu_part(args.out or REPO / "bench" / "results" / f"scale_gpu{'_tiny' if args.tiny else ''}.json", args.tiny)
 

@@ -155,9 +155,11 @@ def train(backend: Backend, latents: torch.Tensor, templates: list[list[str]], c
             interrupt()
             micro_batches = [draw_micro_batch(latents, templates, config, backend, order, rng, sampler, gen)
                              for _ in range(config.grad_accum)]
-            denoise = backend.denoising_loss(vectors, *merged(micro_batches))
+            # steering first: its embedding rows are read back to the CPU, which on a GPU
+            # waits for all queued work; before the UNet forward is queued that is nothing
             steer = torch.stack([steering_term(backend, vectors, vocabularies, config, m)
                                  for m in micro_batches]).mean()
+            denoise = backend.denoising_loss(vectors, *merged(micro_batches))
             loss = denoise.float() + config.steering_weight * steer.to(denoise.device)
             interrupt()
             loss.backward()

@@ -866,8 +866,10 @@ class ComfyBackend:
         n = len(captions)
         cond = cond.reshape(n, cond.shape[1] // n, cond.shape[-1])
         if pooled is not None:
-            rows = [o[1][:n] for o in outputs.values() if o[1] is not None and o[1].shape[-1] == pooled.shape[-1]
-                    and torch.equal(o[1][:1].to(pooled), pooled)]
+            rows = [o[1] for o in outputs.values() if o[1] is not None and o[1].shape[-1] == pooled.shape[-1]]
+            if len(rows) > 1:      # widths alike: compare values (a device sync, so only then)
+                rows = [r for r in rows if torch.equal(r[:1].to(pooled), pooled)]
+            rows = [r[:n] for r in rows]
             if not rows:
                 raise RuntimeError("could not find the text encoder that produced the pooled output")
             pooled = rows[0].to(pooled)

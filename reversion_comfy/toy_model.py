@@ -108,7 +108,6 @@ def unet_config(attention_16: bool = False) -> dict:
 
 def new_unet(device=None, dtype=torch.float32, attention_16: bool = False):
     """An uninitialised toy `BaseModel` (call `init_weights` or load a state dict)."""
-    import comfy.model_base
     config = model_config_class()(unet_config(attention_16))
     config.set_inference_dtype(dtype, None)
     return config.get_model({}, device=device)

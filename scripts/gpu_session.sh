@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # The one prepared device run (issues 7 and 9), within the 600 s of one call on an H200
-# (bench <= BENCH_SECONDS 330, toy TOY_MINUTES 2.5 + ~0.5, gates <= GATE_SECONDS 60):
+# (profile <= PROFILE_SECONDS 150, bench <= BENCH_SECONDS 330, toy TOY_MINUTES 2.5 + ~0.5,
+# gates <= GATE_SECONDS 60: all four do not fit one call, so choose with the SKIP_ flags):
+#   0. bench/bench_scale.py profile: where a whole update's time goes (SD1.5 512 px, then SDXL
+#      1024 px, bf16): device busy vs wall time, kernel launches, syncs, top ops, the in-place
+#      guard's hook time, cudnn.benchmark on/off (issue 7's gap to the FLOP floor).
 #   1. bench/bench_scale.py gpu: full-size SD1.5 512 px and SDXL 1024 px (random weights),
 #      fp32/fp16/bf16, per memory mode: peak VRAM, time, <R> gradient cosine to fp32 and
 #      zero share; whole updates (memory=auto) and the paper's procedure (fp32): the ratio.
@@ -12,13 +16,15 @@
 # Here, once:  make gpu-wheels        (torchsde, trampoline: the host deps the device image lacks)
 # Then the device tool's run:
 #   command: bash scripts/gpu_session.sh     carry: [".hosts/comfyui-old", ".whl"]   timeout_s: 600
-# Results come back in $OUT, at most 8 files: machine.txt, scale_gpu.json, scale_gpu.log,
+# Results come back in $OUT, at most 10 files: machine.txt, profile_{sd1,sdxl}.json, profile.log,
+# scale_gpu.json, scale_gpu.log,
 # toy_reports.tar.gz (logs and gate JSONs) and the three models' weights as toy_weights.tar.*
 # pieces of 15 MiB (a returned file may have 16 MiB): `cat toy_weights.tar.* | tar x` rejoins them.
-# SKIP_TOY=1: the benchmark alone (~5.5 min on an H200); SKIP_BENCH=1: the toy models alone.
+# SKIP_TOY=1: profile + benchmark (~8 min on an H200); SKIP_PROFILE=1 SKIP_TOY=1: the benchmark
+# alone (~5.5 min); SKIP_PROFILE=1 SKIP_BENCH=1: the toy models alone.
 # TOY_MIXES: which of the mixes below (default: all three, side by side: 0.083 s/step each on
 # an H200, so 3 minutes reach ~2,150 steps; the committed recipe is 6,000).
-# BENCH_SECONDS, TOY_MINUTES, GATE_SECONDS: the parts' time limits.
+# PROFILE_SECONDS, BENCH_SECONDS, TOY_MINUTES, GATE_SECONDS: the parts' time limits.
 # Locally (no GPU) the same steps on tiny sizes:
 #   DEVICE=cpu TINY=1 TOY_MINUTES=0.3 PY=.venv/bin/python OUT=/tmp/gpu_out bash scripts/gpu_session.sh
 set -uo pipefail
@@ -35,6 +41,15 @@ export COMFYUI_PATH=${COMFYUI_PATH:-.hosts/comfyui-old} PYTHONUNBUFFERED=1
 { nvidia-smi || true; nproc; $PY -c "import torch; print('torch', torch.__version__, torch.cuda.is_available())"; } \
   > "$OUT/machine.txt" 2>&1
 stamp() { echo "$(date +%T) $*" >> "$OUT/machine.txt"; }
+
+if [ -z "${SKIP_PROFILE:-}" ]; then
+  stamp "bench_scale profile: start"
+  if [ -n "${TINY:-}" ]; then PROFILES="sd1:64"; else PROFILES="sd1:512 sdxl:1024"; fi
+  timeout "${PROFILE_SECONDS:-150}" bash -c "for p in $PROFILES; do $PY bench/bench_scale.py profile \
+    --family \${p%:*} --size \${p#*:} --dtype bfloat16 ${TINY:+--tiny} --out $OUT/profile_\${p%:*}.json; done" \
+    > "$OUT/profile.log" 2>&1
+  stamp "bench_scale profile: exit $?"
+fi
 
 if [ -z "${SKIP_BENCH:-}" ]; then
   stamp "bench_scale gpu: start"

@@ -440,3 +440,34 @@ def test_a_saved_tensor_modified_in_place_outside_the_clone_set_stops_training(h
             with pytest.raises(RuntimeError, match="modified a tensor .* in place after autograd saved it"):
                 z.backward()
         guard.close()
+
+
+def test_profile_part_reports_where_an_update_goes(host, tmp_path):
+    """bench_scale's profile (run on a GPU to find the gap to the FLOP floor), here on a tiny
+    model on the CPU: whole updates through Train Relation's path, the profiled ones' op
+    counts, and the forward + backward alone with the in-place guard's hook calls. It also
+    pins how often an update reads the device back (each read stalls a GPU pipeline): the
+    three loss figures and AdamW's step count, and no value comparison of pooled outputs."""
+    import importlib.util
+    from conftest import REPO
+    spec = importlib.util.spec_from_file_location("bench_scale", REPO / "bench" / "bench_scale.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    report = bench.profile_part(tmp_path / "profile.json", "sd1", 64, "float32", tiny=True, updates=3)
+    assert json_file(tmp_path / "profile.json")["per_update"] == report["per_update"]
+    assert report["plan"]["requested"] == "auto" and report["plan"]["chunk"] == 8     # the whole update at once
+    assert len(report["update_seconds"]) == 3 and report["profiled_update_seconds"] > 0
+    per_update = report["per_update"]
+    assert per_update["cpu_ops"] > 1000                  # a UNet and a CLIP forward + backward
+    assert per_update["item_syncs"] == 4 and per_update["equal_syncs"] == 0
+    assert {op["op"] for op in report["top_cpu_ops"]} & {"aten::mm", "aten::addmm", "aten::convolution_backward"}
+    for name, variant in report["forward_backward"].items():
+        assert len(variant["seconds"]) == 3 and all(s > 0 for s in variant["seconds"]), name
+        # every tensor autograd saves passes the guard once, and comes back once in backward
+        assert variant["hook_calls"]["pack"] > 100 and variant["hook_calls"]["unpack"] > 100, name
+        assert 0 < variant["hook_seconds"] < sum(variant["seconds"]), name
+
+
+def json_file(path):
+    import json
+    return json.loads(path.read_text())
