@@ -4,6 +4,7 @@
     python bench/bench_scale.py gpu             # on a CUDA machine (scripts/gpu_session.sh; BENCHMARKS.md)
     python bench/bench_scale.py profile --size 512 --dtype bfloat16   # where an update's time goes (GPU)
     python bench/bench_scale.py profile --tiny --size 64               # the same on tiny models (CPU, tested)
+    python bench/bench_scale.py text-bytes      # CLIP bytes saved fast vs lean, bytes left by probes (CPU)
     python bench/bench_scale.py gpu --tiny      # the GPU part on tiny models, runs anywhere (tested)
     python bench/bench_scale.py cpu --tiny --size 64   # the CPU part on tiny models (seconds)
 
@@ -368,6 +369,61 @@ def estimate_part(out: Path, families=("sd1", "sdxl")):
     return report
 
 
+def text_bytes_part(out: Path, families=("sd1", "sdxl"), tiny: bool = False) -> dict:
+    """Two effects of the memory fixes, at full size on the CPU, as the GPU runs them (UNet
+    fp16, CLIP stored fp16 and computed fp32): the text encoders' bytes saved for backward in
+    one training forward of 2 captions, fast (every layer's activations and fp32 weight
+    casts) against lean (CLIP layers checkpointed: their inputs only); and the tensor bytes
+    still reachable after a whole `plan_memory` (two probe forwards never run backward:
+    a saved-tensor hook that keeps a node's output alive leaked them, see SavedTensorGuard)."""
+    import full_models
+    import tiny_models
+    from reversion_comfy import adapter
+    report = {"what": "GiB; UNet fp16, CLIP stored fp16 and computed fp32; latent 8x8", "models": {}}
+    caption = f"a cat {adapter.STANDIN} a dog"
+    for family in families:
+        with comfy_flag("fp16_text_enc", True):
+            model, clip, vae = (tiny_models if tiny else full_models).build(family, unet_dtype=torch.float16)
+        row = {}
+        with torch.inference_mode(), adapter.training_mode():
+            backend = adapter.ComfyBackend(model, clip, "auto")
+            backend.prepare()
+            with adapter.frozen_weights(model.model, clip.cond_stage_model), adapter.memory_efficient_attention():
+                latents = torch.zeros(2, 4, 8, 8)
+                before = reachable_tensor_bytes()
+                backend.plan_memory(latents, caption, 2)
+                row["left_after_plan_memory_gib"] = round((reachable_tensor_bytes() - before) / GiB, 4)
+                for mode in ("fast", "lean"):
+                    vectors = {k: v.requires_grad_(True) for k, v in backend.initial_vectors("and").items()}
+                    g = torch.Generator().manual_seed(0)
+                    with backend.guard.measuring():
+                        backend._loss(vectors, latents, [caption] * 2, torch.tensor([500, 900]),
+                                      torch.randn(latents.shape, generator=g), lean=mode == "lean")
+                    regions = backend.guard.measured()
+                    row[f"text_saved_{mode}_gib"] = round(
+                        sum(v for k, v in regions.items() if k.startswith("text")) / GiB, 4)
+            backend.close()
+        report["models"][family] = row
+        print(family, row, flush=True)
+        del model, clip, vae, backend
+    save(out, report)
+    return report
+
+
+def reachable_tensor_bytes() -> int:
+    """Bytes of every distinct tensor storage Python can still reach (after a gc pass)."""
+    import gc
+    gc.collect()
+    seen, total = set(), 0
+    for o in gc.get_objects():
+        if torch.is_tensor(o) and o.device.type != "meta":
+            ptr = o.untyped_storage().data_ptr()
+            if ptr not in seen:
+                seen.add(ptr)
+                total += o.untyped_storage().nbytes()
+    return total
+
+
 # ------------------------------------------------------------------------------ GPU part
 
 GPU_MODES = (           # (row, adapter mode, micro-batches in the one forward)
@@ -690,7 +746,7 @@ def timed_updates(model, clip, vae, size, dtype, cuda, updates=4) -> dict:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("part", nargs="?", default="cpu", choices=["cpu", "cpu-row", "estimate", "gpu", "gpu-case", "profile"])
+    p.add_argument("part", nargs="?", default="cpu", choices=["cpu", "cpu-row", "estimate", "text-bytes", "gpu", "gpu-case", "profile"])
     p.add_argument("--row", choices=list(CPU_ROWS), help="cpu-row: the row to measure (the cpu part runs each)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--size", type=int, default=256)
@@ -710,6 +766,10 @@ def main():
     elif args.part == "estimate":
         estimate_part(args.out or REPO / "bench" / "results" / "scale_estimates.json",
                       (args.family or "sd1,sdxl").split(","))
+    elif args.part == "text-bytes":
+        torch.set_num_threads(args.threads)
+        text_bytes_part(args.out or REPO / "bench" / "results" / "scale_text_bytes.json",
+                        (args.family or "sd1,sdxl").split(","), args.tiny)
     elif args.part == "gpu-case":
         case = gpu_case(args.family or "sd1", args.size, 2, args.dtype or "float32", args.grads, args.tiny, args.out)
         args.out.write_text(json.dumps(case))

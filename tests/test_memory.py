@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from conftest import run_node, small_exemplars, train_inputs
+from conftest import load_script, run_node, small_exemplars, train_inputs
 from test_host import directional_check
 
 from reversion_comfy.adapter import STANDIN as R  # noqa: E402  the stand-in token for <R>
@@ -268,11 +268,7 @@ def test_full_size_sd15_trains_one_lean_update(host):
 def test_gpu_benchmark_part_runs_on_tiny_models(host, tmp_path):
     """bench/bench_scale.py's GPU part (fp16/bf16 memory, time, gradient cosine to fp32),
     here on tiny models on the CPU so that the script is known to run when a GPU is lent."""
-    import importlib.util
-    from conftest import REPO
-    spec = importlib.util.spec_from_file_location("bench_scale", REPO / "bench" / "bench_scale.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("bench/bench_scale.py")
     report = bench.gpu_part(tmp_path / "gpu.json", tiny=True)
     assert (tmp_path / "gpu.json").is_file()
     rows = report["rows"]
@@ -296,13 +292,9 @@ def test_gpu_benchmark_part_runs_on_tiny_models(host, tmp_path):
 def test_benchmark_reference_procedure_reaches_our_losses(host, tiny, family):
     """bench_scale's re-implementation of the paper's per-update procedure (VAE every
     micro-batch, whole fp32 token table, other rows restored) gives our trainer's losses."""
-    import importlib.util
-    from conftest import REPO
     from reversion.trainer import TrainConfig
     from reversion_comfy import adapter
-    spec = importlib.util.spec_from_file_location("bench_scale", REPO / "bench" / "bench_scale.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("bench/bench_scale.py")
     model, clip, vae = tiny(family)      # SDXL: two text encoders, two tables, the pooled output
     exemplars = bench.exemplars_for(64)
     config = TrainConfig(steps=2, batch_size=2, grad_accum=2, seed=2023)
@@ -317,12 +309,8 @@ def test_cpu_benchmark_row_measures_a_forced_split(host):
     """One row of bench_scale's CPU table (each runs in its own process there), here in
     this one on a tiny model: the forced micro-batch split is what trained, its peak and
     per-update time are recorded, and the host's choose_memory is put back afterwards."""
-    import importlib.util
-    from conftest import REPO
     from reversion_comfy import adapter
-    spec = importlib.util.spec_from_file_location("bench_scale", REPO / "bench" / "bench_scale.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("bench/bench_scale.py")
     before = adapter.choose_memory
     row = bench.cpu_row("lean, split 2 -> 1+1", 64, "sd1", threads=1, tiny=True)
     assert adapter.choose_memory is before
@@ -334,16 +322,7 @@ def test_cpu_benchmark_row_measures_a_forced_split(host):
 
 def live_tensor_bytes() -> int:
     """Bytes of every distinct tensor storage Python can still reach (after a gc pass)."""
-    import gc
-    gc.collect()
-    seen, total = set(), 0
-    for o in gc.get_objects():
-        if torch.is_tensor(o) and o.device.type != "meta":
-            storage = o.untyped_storage()
-            if storage.data_ptr() not in seen:
-                seen.add(storage.data_ptr())
-                total += storage.nbytes()
-    return total
+    return load_script("bench/bench_scale.py").reachable_tensor_bytes()
 
 
 @pytest.mark.parametrize("memory", ["auto", "lean"])
@@ -448,11 +427,7 @@ def test_profile_part_reports_where_an_update_goes(host, tmp_path):
     counts, and the forward + backward alone with the in-place guard's hook calls. It also
     pins how often an update reads the device back (each read stalls a GPU pipeline): the
     three loss figures and AdamW's step count, and no value comparison of pooled outputs."""
-    import importlib.util
-    from conftest import REPO
-    spec = importlib.util.spec_from_file_location("bench_scale", REPO / "bench" / "bench_scale.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("bench/bench_scale.py")
     report = bench.profile_part(tmp_path / "profile.json", "sd1", 64, "float32", tiny=True, updates=3)
     assert json_file(tmp_path / "profile.json")["per_update"] == report["per_update"]
     assert report["plan"]["requested"] == "auto" and report["plan"]["chunk"] == 8     # the whole update at once
@@ -471,3 +446,14 @@ def test_profile_part_reports_where_an_update_goes(host, tmp_path):
 def json_file(path):
     import json
     return json.loads(path.read_text())
+
+
+def test_text_bytes_part_measures_lean_text_and_leftovers(host, tmp_path):
+    """bench_scale's text-bytes command (the figures BENCHMARKS quotes for full-size SD1.5
+    and SDXL), here on the tiny SD1: lean keeps a fraction of the CLIP bytes fast saves, and
+    planning memory leaves no tensor behind."""
+    bench = load_script("bench/bench_scale.py")
+    row = bench.text_bytes_part(tmp_path / "text.json", ("sd1",), tiny=True)["models"]["sd1"]
+    assert json_file(tmp_path / "text.json")["models"]["sd1"] == row
+    assert 0 < row["text_saved_lean_gib"] < row["text_saved_fast_gib"] / 3
+    assert row["left_after_plan_memory_gib"] == 0
