@@ -238,7 +238,10 @@ def run_condition(world, args, relation, exemplar_set, seed, done, emit, baselin
             if step == args.steps:
                 record.update(cosine_true_words=world.cosines(vectors, words),
                               cosine_init_word=world.cosines(vectors, ["and"]),
-                              cosine_confound_words=world.cosines(vectors, list(CONFOUND)))
+                              cosine_confound_words=world.cosines(vectors, list(CONFOUND)),
+                              # the learned <R> itself: more images can be scored later without training again
+                              vectors={k: [round(x, 6) for x in v.detach().float().cpu().tolist()]
+                                       for k, v in vectors.items()})
             emit({**record, **score(world.relation_encoder(vectors))})
 
 

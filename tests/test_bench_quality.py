@@ -27,6 +27,7 @@ def test_quality_benchmark_slice_runs_and_resumes(host, tmp_path):
     assert set(full["cosine_init_word"]) == {"and"} and -1.0 <= full["cosine_init_word"]["and"] <= 1.0
     assert set(full["cosine_confound_words"]) == {"red", "blue"} and 0.0 <= full["leak_rate"] <= 1.0
     assert full["steering_weight"] == 0.01 and full["focal_alpha"] == 0.5
+    assert list(full["vectors"]) == ["clip_l"] and len(full["vectors"]["clip_l"]) == 128   # the toy CLIP's width
     result = json.loads(summary.read_text())
     assert result["variants"]["full"]["overall"]["relation_accuracy"]["n"] == 1
     assert result["confounded"]["full"]["overall"]["leak_rate"]["n"] == 1
