@@ -52,7 +52,12 @@ CONFOUND = ("red", "blue")      # the confounded exemplars' unnamed colours (fir
 VARIANTS = {"full": (0.01, 0.5), "no_steer": (0.0, 0.5), "uniform": (0.01, 0.0), "neither": (0.0, 0.0)}
 IMAGES_PER_PROMPT = 4
 # two-sided 95% Student t quantiles by degrees of freedom (interval over training seeds)
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
+       10: 2.228, 11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101,
+       19: 2.093, 20: 2.086, 25: 2.060, 30: 2.042}
+# what each part buys, as paired differences (same relation, exemplar set and seed): name -> (with, without)
+EFFECTS = {"focal sampling": ("full", "uniform"), "focal sampling, no steering": ("no_steer", "neither"),
+           "steering loss": ("full", "no_steer"), "steering loss, uniform timesteps": ("uniform", "neither")}
 
 
 def parse_args(argv=None):
@@ -256,14 +261,34 @@ def interval(values: list[float]) -> dict:
     mean = float(np.mean(values))
     if n < 2:
         return {"mean": round(mean, 4), "ci95": None, "n": n}
-    half = T95.get(n - 1, 1.96) * float(np.std(values, ddof=1)) / math.sqrt(n)
+    t = T95[max(df for df in T95 if df <= n - 1)]        # the next smaller table entry: a little wider
+    half = t * float(np.std(values, ddof=1)) / math.sqrt(n)
     return {"mean": round(mean, 4), "ci95": [round(mean - half, 4), round(mean + half, 4)], "n": n}
+
+
+def effects(records: list[dict], metrics) -> dict:
+    """Per EFFECTS entry and metric: the mean and 95% interval of the paired difference
+    (with - without) over the (relation, seed) runs that have both, and how many of those
+    runs it won, tied and lost: tighter than comparing the two variants' own intervals,
+    since a run's relation and exemplars affect both alike."""
+    value = {(r["relation"], r["seed"], r["variant"]): r for r in records}
+    out = {}
+    for name, (with_, without) in EFFECTS.items():
+        runs = sorted({(rel, seed) for rel, seed, v in value if v == with_ and (rel, seed, without) in value})
+        if not runs:
+            continue
+        out[name] = {"with": with_, "without": without}
+        for m in metrics:
+            diffs = [value[(*run, with_)][m] - value[(*run, without)][m] for run in runs]
+            out[name][m] = {**interval(diffs), "wins": sum(d > 0 for d in diffs),
+                            "ties": sum(d == 0 for d in diffs), "losses": sum(d < 0 for d in diffs)}
+    return out
 
 
 def summarise(records: list[dict], final_steps: int) -> dict:
     """Per exemplar set and variant: overall and per relation, over seeds (and relations);
     the steps curve of the 'full' runs; the lr curves."""
-    summary: dict = {"variants": {}, "confounded": {}, "curve": {}, "lr_curve": {}}
+    summary: dict = {"variants": {}, "confounded": {}, "effects": {}, "curve": {}, "lr_curve": {}}
     finals = [r for r in records if r["steps"] in (0, final_steps) and not r["variant"].startswith("full_lr_")]
     for exemplar_set, target in (("diverse", summary["variants"]), ("confounded", summary["confounded"])):
         in_set = [r for r in finals if r.get("exemplars", "diverse") == exemplar_set]
@@ -275,6 +300,7 @@ def summarise(records: list[dict], final_steps: int) -> dict:
                 rr = [r for r in rs if r["relation"] == relation]
                 entry["per_relation"][relation] = {m: interval([r[m] for r in rr]) for m in metrics}
             target[variant] = entry
+        summary["effects"][exemplar_set] = effects(in_set, metrics)
     diverse = [r for r in records if r.get("exemplars", "diverse") == "diverse"]
     full = [r for r in diverse if r["variant"] == "full" and r["steps"]]
     for step in sorted({r["steps"] for r in full}):

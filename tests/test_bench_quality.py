@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from conftest import load_script
 
 
@@ -32,5 +34,16 @@ def test_quality_benchmark_slice_runs_and_resumes(host, tmp_path):
     assert result["variants"]["full"]["overall"]["relation_accuracy"]["n"] == 1
     assert result["confounded"]["full"]["overall"]["leak_rate"]["n"] == 1
     assert set(result["curve"]) == {"2", "4"} and set(result["lr_curve"]["0.008"]) == {"2", "3"}
+    # what the steering loss buys: the paired difference full - no_steer of this one run
+    final = {(r["exemplars"], r["variant"]): r for r in records if r["steps"] in (0, 4)}
+    for exemplar_set in ("diverse", "confounded"):
+        effect = result["effects"][exemplar_set]
+        assert set(effect) == {"steering loss"}          # the other three need the uniform variants
+        diff = final[(exemplar_set, "full")]["relation_accuracy"] - final[(exemplar_set, "no_steer")]["relation_accuracy"]
+        assert effect["steering loss"]["relation_accuracy"]["mean"] == pytest.approx(diff, abs=1e-4)
+        assert effect["steering loss"]["relation_accuracy"]["n"] == 1
+        outcome = effect["steering loss"]["relation_accuracy"]
+        assert (outcome["wins"], outcome["ties"], outcome["losses"]) == ((diff > 0) * 1, (diff == 0) * 1, (diff < 0) * 1)
+    assert "leak_rate" in result["effects"]["confounded"]["steering loss"]
     bench.main(argv)                                    # everything is there: nothing is redone
     assert len(out.read_text().splitlines()) == len(records)
