@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one prepared device run (issues 7 and 9), within the 600 s of one call on an H200
 # (profile <= PROFILE_SECONDS 150, bench <= BENCH_SECONDS 330, toy TOY_MINUTES 2.5 + ~0.5,
-# gates <= GATE_SECONDS 60: all four do not fit one call, so choose with the SKIP_ flags):
+# gates <= GATE_SECONDS 60: all of them do not fit one call, so with no SKIP_ flag the toy
+# part is skipped; profile + toy and bench + toy fit):
 #   0. bench/bench_scale.py profile: where a whole update's time goes (SD1.5 512 px, then SDXL
 #      1024 px, bf16): device busy vs wall time, kernel launches, syncs, top ops, the in-place
 #      guard's hook time, cudnn.benchmark on/off (issue 7's gap to the FLOP floor).
@@ -16,12 +17,12 @@
 # Here, once:  make gpu-wheels        (torchsde, trampoline: the host deps the device image lacks)
 # Then the device tool's run:
 #   command: bash scripts/gpu_session.sh     carry: [".hosts/comfyui-old", ".whl"]   timeout_s: 600
-# Results come back in $OUT, at most 10 files: machine.txt, profile_{sd1,sdxl}.json, profile.log,
-# scale_gpu.json, scale_gpu.log,
+# Results come back in $OUT: machine.txt, profile_{sd1,sdxl}.json, profile.log, scale_gpu.json, scale_gpu.log,
 # toy_reports.tar.gz (logs and gate JSONs) and the three models' weights as toy_weights.tar.*
 # pieces of 15 MiB (a returned file may have 16 MiB): `cat toy_weights.tar.* | tar x` rejoins them.
-# SKIP_TOY=1: profile + benchmark (~8 min on an H200); SKIP_PROFILE=1 SKIP_TOY=1: the benchmark
-# alone (~5.5 min); SKIP_PROFILE=1 SKIP_BENCH=1: the toy models alone.
+# No flag (or SKIP_TOY=1): profile + benchmark (~8 min on an H200); SKIP_PROFILE=1 SKIP_TOY=1: the
+# benchmark alone (~5.5 min); SKIP_PROFILE=1 SKIP_BENCH=1: the toy models alone (the longest
+# TOY_MINUTES then: 9 for one call).
 # TOY_MIXES: which of the mixes below (default: all three, side by side: 0.083 s/step each on
 # an H200, so 3 minutes reach ~2,150 steps; the committed recipe is 6,000).
 # PROFILE_SECONDS, BENCH_SECONDS, TOY_MINUTES, GATE_SECONDS: the parts' time limits.
@@ -58,7 +59,11 @@ if [ -z "${SKIP_BENCH:-}" ]; then
   stamp "bench_scale gpu: exit $?"
 fi
 
-if [ -n "${SKIP_TOY:-}" ]; then tail -n 4 "$OUT/machine.txt"; exit 0; fi   # the bench alone (a rerun)
+if [ -z "${SKIP_PROFILE:-}" ] && [ -z "${SKIP_BENCH:-}" ] && [ -z "${SKIP_TOY:-}" ]; then
+  stamp "toy part skipped: profile + bench + toy do not fit one 600 s call (set SKIP_PROFILE=1 or SKIP_BENCH=1)"
+  SKIP_TOY=1
+fi
+if [ -n "${SKIP_TOY:-}" ]; then tail -n 4 "$OUT/machine.txt"; exit 0; fi
 
 # name: extra training flags. default = the committed recipe's mix; the others give "inside"
 # (whose inner shape the committed model misses) 2x and 4x its default share of scenes.
