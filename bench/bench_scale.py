@@ -286,24 +286,35 @@ def cpu_part(size: int, out: Path, family: str = "sd1", threads: int = 1, tiny: 
     return report
 
 
+@contextlib.contextmanager
+def training_backend(model, clip, memory: str):
+    """A prepared `ComfyBackend` as `train_relation` sets one up (training mode, host weights
+    frozen, SDPA attention), closed after the block."""
+    from reversion_comfy import adapter
+    with torch.inference_mode(), adapter.training_mode():
+        backend = adapter.ComfyBackend(model, clip, memory)
+        backend.prepare()
+        try:
+            with adapter.frozen_weights(model.model, clip.cond_stage_model), adapter.memory_efficient_attention():
+                yield backend
+        finally:
+            backend.close()
+
+
 def run_micro_batch(model, clip, vae, exemplars, mode, chunk):
     """One forward + backward of all `exemplars` (a micro-batch of 2, or a whole update of
     8) through the adapter in `mode`, in forwards of `chunk`."""
     from reversion_comfy import adapter
-    with torch.inference_mode(), adapter.training_mode():
-        backend = adapter.ComfyBackend(model, clip, "fast")
-        backend.prepare()
-        with adapter.frozen_weights(model.model, clip.cond_stage_model), adapter.memory_efficient_attention():
-            latents = adapter.vae_encode(vae, exemplars.images, 0)
-            n = latents.shape[0]
-            backend.plan_memory(latents, f"a cat {adapter.STANDIN} a dog", n)
-            backend.plan = adapter.MemoryPlan(mode, chunk, n, mode, {}, None)
-            vectors = {k: torch.nn.Parameter(v) for k, v in backend.initial_vectors("and").items()}
-            g = torch.Generator().manual_seed(0)
-            loss = backend.denoising_loss(vectors, latents, [f"a cat {adapter.STANDIN} a dog"] * n,
-                                          torch.tensor([500, 900] * (n // 2)), torch.randn(latents.shape, generator=g))
-            loss.backward()
-        backend.close()
+    with training_backend(model, clip, "fast") as backend:
+        latents = adapter.vae_encode(vae, exemplars.images, 0)
+        n = latents.shape[0]
+        backend.plan_memory(latents, f"a cat {adapter.STANDIN} a dog", n)
+        backend.plan = adapter.MemoryPlan(mode, chunk, n, mode, {}, None)
+        vectors = {k: torch.nn.Parameter(v) for k, v in backend.initial_vectors("and").items()}
+        g = torch.Generator().manual_seed(0)
+        loss = backend.denoising_loss(vectors, latents, [f"a cat {adapter.STANDIN} a dog"] * n,
+                                      torch.tensor([500, 900] * (n // 2)), torch.randn(latents.shape, generator=g))
+        loss.backward()
     return vectors
 
 
@@ -336,13 +347,8 @@ def estimate_part(out: Path, families=("sd1", "sdxl")):
         with comfy_flag("fp16_text_enc", True):
             model, clip, vae = full_models.build(family, unet_dtype=torch.float16)
         weights = sum(bytes_by_dtype(model.model, clip.cond_stage_model).values())
-        with torch.inference_mode(), adapter.training_mode():
-            backend = adapter.ComfyBackend(model, clip, "auto")
-            backend.prepare()
-            with adapter.frozen_weights(model.model, clip.cond_stage_model), adapter.memory_efficient_attention():
-                latents = torch.zeros(2, 4, size // 8, size // 8)
-                backend.plan_memory(latents, f"a cat {adapter.STANDIN} a dog", 2)
-            backend.close()
+        with training_backend(model, clip, "auto") as backend:
+            backend.plan_memory(torch.zeros(2, 4, size // 8, size // 8), f"a cat {adapter.STANDIN} a dog", 2)
         needed = backend.plan.needed
         row = {"size": size, "weights_gib": round(weights / GiB, 2),
                "needed_gib": {k: round(v / GiB, 2) for k, v in needed.items()},
@@ -385,24 +391,20 @@ def text_bytes_part(out: Path, families=("sd1", "sdxl"), tiny: bool = False) -> 
         with comfy_flag("fp16_text_enc", True):
             model, clip, vae = (tiny_models if tiny else full_models).build(family, unet_dtype=torch.float16)
         row = {}
-        with torch.inference_mode(), adapter.training_mode():
-            backend = adapter.ComfyBackend(model, clip, "auto")
-            backend.prepare()
-            with adapter.frozen_weights(model.model, clip.cond_stage_model), adapter.memory_efficient_attention():
-                latents = torch.zeros(2, 4, 8, 8)
-                before = reachable_tensor_bytes()
-                backend.plan_memory(latents, caption, 2)
-                row["left_after_plan_memory_gib"] = round((reachable_tensor_bytes() - before) / GiB, 4)
-                for mode in ("fast", "lean"):
-                    vectors = {k: v.requires_grad_(True) for k, v in backend.initial_vectors("and").items()}
-                    g = torch.Generator().manual_seed(0)
-                    with backend.guard.measuring():
-                        backend._loss(vectors, latents, [caption] * 2, torch.tensor([500, 900]),
-                                      torch.randn(latents.shape, generator=g), lean=mode == "lean")
-                    regions = backend.guard.measured()
-                    row[f"text_saved_{mode}_gib"] = round(
-                        sum(v for k, v in regions.items() if k.startswith("text")) / GiB, 4)
-            backend.close()
+        with training_backend(model, clip, "auto") as backend:
+            latents = torch.zeros(2, 4, 8, 8)
+            before = reachable_tensor_bytes()
+            backend.plan_memory(latents, caption, 2)
+            row["left_after_plan_memory_gib"] = round((reachable_tensor_bytes() - before) / GiB, 4)
+            for mode in ("fast", "lean"):
+                vectors = {k: v.requires_grad_(True) for k, v in backend.initial_vectors("and").items()}
+                g = torch.Generator().manual_seed(0)
+                with backend.guard.measuring():
+                    backend._loss(vectors, latents, [caption] * 2, torch.tensor([500, 900]),
+                                  torch.randn(latents.shape, generator=g), lean=mode == "lean")
+                regions = backend.guard.measured()
+                row[f"text_saved_{mode}_gib"] = round(
+                    sum(v for k, v in regions.items() if k.startswith("text")) / GiB, 4)
         report["models"][family] = row
         print(family, row, flush=True)
         del model, clip, vae, backend
@@ -624,49 +626,43 @@ def forward_backward_variants(model, clip, vae, exemplars, sync, reps: int = 3) 
     from reversion_comfy import adapter
     out = {}
     caption = f"a cat {adapter.STANDIN} a dog"
-    with torch.inference_mode(), adapter.training_mode():
-        backend = adapter.ComfyBackend(model, clip, "fast")
-        backend.prepare()
+    with training_backend(model, clip, "fast") as backend:
         latents = adapter.vae_encode(vae, exemplars.images, 0)
         n = latents.shape[0]
         g = torch.Generator().manual_seed(0)
         t, noise = torch.tensor([500, 900] * (n // 2)), torch.randn(latents.shape, generator=g)
-        try:
-            with adapter.frozen_weights(model.model, clip.cond_stage_model), adapter.memory_efficient_attention():
-                backend.plan_memory(latents, caption, n)
-                guard, calls = backend.guard, {"pack": 0, "unpack": 0, "seconds": 0.0}
+        backend.plan_memory(latents, caption, n)
+        guard, calls = backend.guard, {"pack": 0, "unpack": 0, "seconds": 0.0}
 
-                def timed(fn, name):
-                    def hook(x):
-                        start = time.perf_counter()
-                        try:
-                            return fn(x)
-                        finally:
-                            calls[name] += 1
-                            calls["seconds"] += time.perf_counter() - start
-                    return hook
-                guard.pack, guard.unpack = timed(guard.pack, "pack"), timed(guard.unpack, "unpack")   # this backend's
-                benchmark = torch.backends.cudnn.benchmark
-                for name in PROFILE_VARIANTS:
-                    torch.backends.cudnn.benchmark = name == "cudnn.benchmark"
-                    seconds = []
-                    try:
-                        for rep in range(reps + 1):
-                            vectors = {k: torch.nn.Parameter(v) for k, v in backend.initial_vectors("and").items()}
-                            calls.update(pack=0, unpack=0, seconds=0.0)
-                            sync()
-                            start = time.perf_counter()
-                            backend.denoising_loss(vectors, latents, [caption] * n, t, noise).backward()
-                            sync()
-                            seconds.append(time.perf_counter() - start)
-                    finally:
-                        torch.backends.cudnn.benchmark = benchmark
-                    out[name] = {"seconds": [round(s, 4) for s in seconds[1:]], "what": PROFILE_VARIANTS[name],
-                                 "hook_calls": {k: calls[k] for k in ("pack", "unpack")},
-                                 "hook_seconds": round(calls["seconds"], 4)}
-                    print(name, out[name], flush=True)
-        finally:
-            backend.close()
+        def timed(fn, name):
+            def hook(x):
+                start = time.perf_counter()
+                try:
+                    return fn(x)
+                finally:
+                    calls[name] += 1
+                    calls["seconds"] += time.perf_counter() - start
+            return hook
+        guard.pack, guard.unpack = timed(guard.pack, "pack"), timed(guard.unpack, "unpack")   # this backend's
+        benchmark = torch.backends.cudnn.benchmark
+        for name in PROFILE_VARIANTS:
+            torch.backends.cudnn.benchmark = name == "cudnn.benchmark"
+            seconds = []
+            try:
+                for rep in range(reps + 1):
+                    vectors = {k: torch.nn.Parameter(v) for k, v in backend.initial_vectors("and").items()}
+                    calls.update(pack=0, unpack=0, seconds=0.0)
+                    sync()
+                    start = time.perf_counter()
+                    backend.denoising_loss(vectors, latents, [caption] * n, t, noise).backward()
+                    sync()
+                    seconds.append(time.perf_counter() - start)
+            finally:
+                torch.backends.cudnn.benchmark = benchmark
+            out[name] = {"seconds": [round(s, 4) for s in seconds[1:]], "what": PROFILE_VARIANTS[name],
+                         "hook_calls": {k: calls[k] for k in ("pack", "unpack")},
+                         "hook_seconds": round(calls["seconds"], 4)}
+            print(name, out[name], flush=True)
     return out
 
 

@@ -320,11 +320,6 @@ def test_cpu_benchmark_row_measures_a_forced_split(host):
     assert len(row["update_seconds"]) == 1 and row["peak_gib"] > 0 and row["tflops_per_update"] > 0
 
 
-def live_tensor_bytes() -> int:
-    """Bytes of every distinct tensor storage Python can still reach (after a gc pass)."""
-    return load_script("bench/bench_scale.py").reachable_tensor_bytes()
-
-
 @pytest.mark.parametrize("memory", ["auto", "lean"])
 def test_a_training_run_leaves_no_tensors_behind(host, tiny, memory):
     """Found on the GPU benchmark: every run leaked what its memory probes (forwards never
@@ -333,6 +328,7 @@ def test_a_training_run_leaves_no_tensors_behind(host, tiny, memory):
     through C++ that gc cannot free. A second and a third run must end where the first did."""
     from reversion.trainer import TrainConfig
     from reversion_comfy import adapter
+    live_tensor_bytes = load_script("bench/bench_scale.py").reachable_tensor_bytes   # loaded once, before
     model, clip, vae = tiny("sdxl")
     config = TrainConfig(steps=1, batch_size=2, grad_accum=1, seed=3)
     after = []
