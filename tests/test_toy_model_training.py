@@ -49,3 +49,62 @@ def test_relation_weight_flags_replace_the_default_mix():
     for bad in ("inside", "inside=-1", "inside=x", "besides=2"):
         with pytest.raises(SystemExit, match="RELATION=W"):
             train.relation_weights_arg([bad], scenes)
+
+
+def test_a_run_started_from_exported_weights_begins_with_exactly_those_weights(host, tmp_path):
+    import safetensors.torch
+    train = load_script("scripts/train_toy_model.py")
+    first, second = tmp_path / "first", tmp_path / "second"
+    train.main(["--steps", "2", "--batch", "2", "--run-dir", str(first), "--out", str(first / "model.safetensors")])
+    train.main(["--steps", "0", "--init-weights", str(first / "model.safetensors"),
+                "--run-dir", str(second), "--out", str(second / "model.safetensors")])
+    before = safetensors.torch.load_file(str(first / "model.safetensors"))
+    after = safetensors.torch.load_file(str(second / "model.safetensors"))
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_edge_weights_put_the_loss_on_outlines():
+    import numpy as np
+    from reversion.toyworld import scenes
+    train = load_script("scripts/train_toy_model.py")
+    scene = scenes.make_scene(np.random.default_rng(0), "above", "red circle", "blue square")
+    x0 = torch.from_numpy(scenes.render(scene)).permute(2, 0, 1)[None] * 2 - 1
+    w = train.edge_weights(x0, 5.0)[0, 0]
+    assert w.shape == (scenes.SIZE, scenes.SIZE) and abs(w.mean().item() - 1) < 1e-5
+    high, low = w.max(), w.min()
+    assert torch.isclose(high / low, torch.tensor(5.0))
+    square = torch.from_numpy(scenes.obj_mask(scene.b))
+    inner = torch.from_numpy(scenes._erode(scenes.obj_mask(scene.b)))     # the square less its outline
+    outline = square & ~inner
+    assert torch.all(w[outline] == high) and torch.all(w[inner] == low)
+    assert w[0, 0] == low                                                    # background far from both
+    assert train.edge_weights(x0, 1.0).eq(1).all()
+
+
+def test_inner_weights_weigh_the_inner_object_of_inside_scenes_only():
+    import numpy as np
+    from reversion.toyworld import scenes
+    train = load_script("scripts/train_toy_model.py")
+    rng = np.random.default_rng(0)
+    inside, above = scenes.make_scene(rng, "inside"), scenes.make_scene(rng, "above")
+    w = train.inner_weights([inside, above], 10.0)
+    assert w.shape == (2, 1, scenes.SIZE, scenes.SIZE)
+    assert torch.all(w[1] == 1)                                              # no inner object: plain
+    a = inside.a
+    box = torch.zeros(scenes.SIZE, scenes.SIZE, dtype=torch.bool)
+    box[a.top - 1:a.top + a.size + 1, a.left - 1:a.left + a.size + 1] = True
+    assert abs(w[0].mean().item() - 1) < 1e-5
+    assert torch.isclose(w[0, 0][box].min() / w[0, 0][~box].max(), torch.tensor(10.0))
+    assert torch.all(w[0, 0][box] == w[0, 0][box][0]) and torch.all(w[0, 0][~box] == w[0, 0][~box][0])
+
+
+def test_the_binding_probe_sees_the_committed_model_use_the_shape_word_of_above(toy):
+    """`scripts/probe_toy_binding.py`: the committed model draws "above" with both shapes right
+    (the gate), so its drawing of the first object must follow that object's shape word: with
+    the word swapped, the prediction moves further than its own error from the true scene."""
+    probe = load_script("scripts/probe_toy_binding.py")
+    model, clip, _vae = toy
+    report = probe.probe(model, clip, "above", n=6, sigmas=(1.0,))
+    assert report["shape"][1.0] > 0.03
+    assert report["error"][1.0] < report["shape"][1.0]
