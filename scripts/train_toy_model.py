@@ -1,6 +1,6 @@
 """Train the toy-world text-to-image model from scratch (UNet + text encoder).
 
-    python scripts/train_toy_model.py            # or: make toy-model
+    python scripts/train_toy_model.py            # the base (make toy-model: base, then the inside phase)
 
 Resumable: a checkpoint is written to --run-dir every --checkpoint-every steps and the
 script continues from it when run again. At the end the EMA weights are written (fp16) to
@@ -14,6 +14,11 @@ EMA 0.999, batch 32, 10% empty captions (for classifier-free guidance). Only tok
 rows of words that occur in captions are trained (a compact table, scattered back into
 the full 49408-row table at export), which
 keeps the optimizer cheap.
+
+The committed model is that base plus a second run (`make toy-model` runs both): from the
+base's exported weights (`--init-weights`), 2500 steps with "inside" scenes 4x as often
+(`--relation-weight inside=6`) and its inner object's pixels weighted 10x (`--inner-weight
+10`): the inner object's shape word binds only then (BENCHMARKS.md).
 """
 from __future__ import annotations
 
