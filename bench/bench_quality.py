@@ -93,6 +93,7 @@ class World:
         from reversion_comfy import toy_model
         self.toy_model, self.sample_steps = toy_model, sample_steps
         self.model, self.clip, self.vae = toy_model.load()
+        self.weights_sha256 = toy_model.weights_sha256()
 
     def prompts(self, relation, exemplars, images, exemplar_set="diverse"):
         from reversion.toyworld import evaluate
@@ -174,14 +175,30 @@ def load_records(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def check_resumable(records: list[dict], model_sha256: str, images: int, out: Path) -> None:
+    """Records in `out` are resumed only if made by the same toy model with the same --images;
+    otherwise a run would mix two models (or image counts) in one summary."""
+    for r in records:
+        if r.get("model_sha256") != model_sha256:
+            raise SystemExit(
+                f"{out} holds records of another toy model (sha256 {r.get('model_sha256') or 'not recorded'}; "
+                f"models/toyworld.safetensors is {model_sha256[:16]}...): give this run a new --out and "
+                f"--summary, or put that model back")
+        if r.get("images_asked") != images:
+            raise SystemExit(f"{out} holds records of --images {r.get('images_asked')}, this run asks {images}: "
+                             f"give it a new --out and --summary, or the same --images")
+
+
 def run(args) -> list[dict]:
     world = World(args.sample_steps)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     records = load_records(out)
+    check_resumable(records, world.weights_sha256, args.images, out)
     done = {key(r) for r in records}
 
     def emit(record):
+        record = {**record, "model_sha256": world.weights_sha256, "images_asked": args.images}
         records.append(record)
         done.add(key(record))
         with out.open("a") as f:

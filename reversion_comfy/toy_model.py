@@ -215,6 +215,16 @@ def split_state_dict(sd: dict) -> tuple[dict, dict]:
     return unet, clip
 
 
+def weights_sha256(path: Path | str = WEIGHTS) -> str:
+    """sha256 of a toy weights file: which model a gate report or a benchmark record is about."""
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def load(path: Path | str = WEIGHTS, embedding_directory=None):
     """(MODEL, CLIP, VAE) of the toy world, as ComfyUI objects, from a weights file."""
     import comfy.model_management as mm

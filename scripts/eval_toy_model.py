@@ -14,7 +14,6 @@ with at least 2 seeds per held-out prompt.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import time
@@ -73,7 +72,7 @@ def main(argv=None):
     import safetensors
     with safetensors.safe_open(str(args.weights), "pt") as f:
         meta = f.metadata() or {}
-    report.update(weights=str(args.weights), weights_sha256=sha256(args.weights),
+    report.update(weights=str(args.weights), weights_sha256=toy_model.weights_sha256(args.weights),
                   weights_training_steps=int(meta["steps"]) if "steps" in meta else None,
                   images_per_prompt=args.per_prompt, seeds=f"{args.seed} + prompt index, batch of {args.per_prompt}",
                   sampler=f"euler/normal {args.steps} steps cfg {args.cfg}", seconds=round(time.time() - t0, 1))
@@ -113,14 +112,6 @@ def gate(report: dict, per_prompt: int, per_relation, relations=None, training_p
         failures.append("trained object pairs, not held-out ones (--training-pairs)")
     return {"gate": {"overall_min": GATE_OVERALL, "per_relation_min": GATE_PER_RELATION,
                      "passed": not failures, "failures": failures}}
-
-
-def sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 if __name__ == "__main__":

@@ -47,3 +47,15 @@ def test_quality_benchmark_slice_runs_and_resumes(host, tmp_path):
     assert "leak_rate" in result["effects"]["confounded"]["steering loss"]
     bench.main(argv)                                    # everything is there: nothing is redone
     assert len(out.read_text().splitlines()) == len(records)
+
+    # records say which model made them; another model's (or another --images') records are
+    # never resumed into one summary: a clear stop, the file untouched
+    from reversion_comfy import toy_model
+    assert {r["model_sha256"] for r in records} == {toy_model.weights_sha256()}
+    before = out.read_text()
+    with pytest.raises(SystemExit, match="--images 2, this run asks 3"):
+        bench.main([*argv[:-4], "--images", "3", "--out", str(out), "--summary", str(summary)])
+    out.write_text(before.replace(toy_model.weights_sha256(), "0" * 64))
+    with pytest.raises(SystemExit, match="another toy model"):
+        bench.main(argv)
+    assert out.read_text() == before.replace(toy_model.weights_sha256(), "0" * 64)
