@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from reversion_comfy.adapter import accepted
@@ -213,6 +214,13 @@ def split_state_dict(sd: dict) -> tuple[dict, dict]:
     unet = {k[len("unet."):]: v for k, v in sd.items() if k.startswith("unet.")}
     clip = {k[len("clip."):]: v for k, v in sd.items() if k.startswith("clip.")}
     return unet, clip
+
+
+def latents_of(images) -> torch.Tensor:
+    """Rendered scenes (HxWx3 in [0, 1], 32 px) as the toy model's latents (N, 4, 32, 32):
+    the pixel VAE's latent is the image in [-1, 1] in channels 0-2, channel 3 zero."""
+    rgb = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2) * 2 - 1
+    return torch.cat([rgb, torch.zeros_like(rgb[:, :1])], 1)
 
 
 def weights_sha256(path: Path | str = WEIGHTS) -> str:

@@ -10,10 +10,11 @@ by 1 px): how much the model's drawing of that object depends on the word. A mod
 binds the word changes its drawing a lot (0.1-0.4 at sigma 1-2 for "above" on the
 committed model); a model that ignores it predicts the same either way (~0).
 
-Why it exists: the committed model draws the inner object of "inside" in the right
-colour and place but as a blob whatever its shape word (BENCHMARKS.md, the gate); this
-probe shows that the inner object's prediction ignores its shape word while it follows
-its colour word, which tells a binding failure from a drawing one.
+Why it exists: the base toy model (before `make toy-model`'s inside phase) drew the inner
+object of "inside" in the right colour and place but as a blob whatever its shape word;
+this probe showed that the inner object's prediction ignored its shape word while it
+followed its colour word: a binding failure, not a drawing one (BENCHMARKS.md). Run it
+with `--weights runs/toy_model/base.safetensors` to see that model.
 """
 from __future__ import annotations
 
@@ -40,12 +41,8 @@ def probe(model, clip, relation: str, n: int = 24, sigmas=SIGMAS, seed: int = 5)
     from reversion.toyworld import scenes
     rng = np.random.default_rng(seed)
     batch = [scenes.make_scene(rng, relation) for _ in range(n)]
-    x0 = torch.from_numpy(np.stack([scenes.render(s) for s in batch])).permute(0, 3, 1, 2) * 2 - 1
-    x0 = torch.cat([x0, torch.zeros_like(x0[:, :1])], 1)
-    region = torch.zeros(n, scenes.SIZE, scenes.SIZE, dtype=torch.bool)
-    for i, s in enumerate(batch):
-        a = s.a
-        region[i, max(0, a.top - 1):a.top + a.size + 1, max(0, a.left - 1):a.left + a.size + 1] = True
+    x0 = toy_model.latents_of([scenes.render(s) for s in batch])
+    region = torch.from_numpy(np.stack([scenes.box_mask(s.a) for s in batch]))
 
     def other(options, *taken):
         return next(o for o in options if o not in taken)

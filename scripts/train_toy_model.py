@@ -231,8 +231,7 @@ def main(argv=None):
             pixels.append(scenes.render(scene))
             batch_scenes.append(scene)
             captions.append("" if rng.random() < args.empty_caption else caption)
-        x0 = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2) * 2 - 1
-        x0 = torch.cat([x0, torch.zeros_like(x0[:, :1])], 1).to(device)
+        x0 = toy_model.latents_of(pixels).to(device)
         ids = torch.tensor([token_cache[c] for c in captions], device=device)
         t = sampler.sample(args.batch).to(device)
         sigma = adapter.sigma_for_timestep(ms, t)
@@ -306,8 +305,7 @@ def inner_weights(batch_scenes, weight: float) -> torch.Tensor:
     w = torch.ones(len(batch_scenes), 1, scenes.SIZE, scenes.SIZE)
     for i, sc in enumerate(batch_scenes):
         if sc.relation == "inside":
-            a = sc.a
-            w[i, 0, max(0, a.top - 1):a.top + a.size + 1, max(0, a.left - 1):a.left + a.size + 1] = weight
+            w[i, 0][torch.from_numpy(scenes.box_mask(sc.a))] = weight
     return w / w.mean(dim=(2, 3), keepdim=True)
 
 

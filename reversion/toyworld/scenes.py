@@ -137,6 +137,14 @@ def obj_mask(o: Obj) -> np.ndarray:
     return shape_mask(o.shape, o.top, o.left, o.size)
 
 
+def box_mask(o: Obj, grow: int = 1) -> np.ndarray:
+    """The object's bounding box grown by `grow` px, clipped to the canvas: where its shape
+    is decided (the corners that tell a small square from a disc, and the ring around them)."""
+    m = np.zeros((SIZE, SIZE), bool)
+    m[max(0, o.top - grow):o.top + o.size + grow, max(0, o.left - grow):o.left + o.size + grow] = True
+    return m
+
+
 def render(scene: Scene) -> np.ndarray:
     """HxWx3 float32 in [0, 1]. The second object is drawn first (it is the container
     for "inside"), then the first on top of it."""
