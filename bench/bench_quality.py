@@ -21,6 +21,11 @@ plus a steering-weight sweep (`--steering-weights`), on two exemplar sets (`--ex
                  colourless prompts for every pair of shapes. The leak rate is the share of
                  images drawn red-then-blue again (1/12 by chance): the colours the captions
                  left unsaid, soaked up by <R>. The paper's claim is that steering stops it.
+    tinted       the diverse set's exemplars, all on a pink background their captions never
+                 name; scored like diverse (untinted new-pair prompts), plus the leak rate:
+                 the share drawn on pink, against the true word's share (the model's own rate
+                 for a tint no caption names). Only a toy model trained with tints can draw one:
+                 `make toy-model-tint`, then `--weights runs/toy_model_tint/toyworld_tint.safetensors`.
 
 Every record has `--images` judged images, next to three baselines without training: the
 true word (oracle), the init word "and", and no relation word. With `--curve`, the 'full'
@@ -49,6 +54,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 CONFOUND = ("red", "blue")      # the confounded exemplars' unnamed colours (first object, second object)
+TINT = "pink"                   # the tinted exemplars' unnamed background
+EXEMPLAR_SETS = ("diverse", "confounded", "tinted")
 VARIANTS = {"full": (0.01, 0.5), "no_steer": (0.0, 0.5), "uniform": (0.01, 0.0), "neither": (0.0, 0.0)}
 IMAGES_PER_PROMPT = 4
 # two-sided 95% Student t quantiles by degrees of freedom (interval over training seeds)
@@ -76,7 +83,9 @@ def parse_args(argv=None):
     p.add_argument("--lr-curve", nargs="*", type=float, default=[],
                    help="base lrs (x batch) of extra 'full' runs scored at --lr-curve-steps, e.g. 2.5e-4 6.25e-4")
     p.add_argument("--lr-curve-steps", nargs="+", type=int, default=[50, 100, 200, 400, 800, 1600, 3000])
-    p.add_argument("--exemplar-sets", nargs="+", default=["diverse", "confounded"], choices=["diverse", "confounded"])
+    p.add_argument("--exemplar-sets", nargs="+", default=["diverse", "confounded"], choices=EXEMPLAR_SETS,
+                   help="'tinted' needs a toy model trained with tints (--weights)")
+    p.add_argument("--weights", default=None, help="toy model weights (default: the committed models/toyworld.safetensors)")
     p.add_argument("--images", type=int, default=48, help="judged images per record")
     p.add_argument("--exemplars", type=int, default=8)
     p.add_argument("--sample-steps", type=int, default=20, help="sampler steps per judged image (euler, cfg 4)")
@@ -89,11 +98,12 @@ def parse_args(argv=None):
 class World:
     """The toy model and the scoring of a conditioning on new-pair prompts."""
 
-    def __init__(self, sample_steps: int = 20):
+    def __init__(self, sample_steps: int = 20, weights=None):
         from reversion_comfy import toy_model
         self.toy_model, self.sample_steps = toy_model, sample_steps
-        self.model, self.clip, self.vae = toy_model.load()
-        self.weights_sha256 = toy_model.weights_sha256()
+        self.weights = Path(weights or toy_model.WEIGHTS)
+        self.model, self.clip, self.vae = toy_model.load(self.weights)
+        self.weights_sha256 = toy_model.weights_sha256(self.weights)
 
     def prompts(self, relation, exemplars, images, exemplar_set="diverse"):
         from reversion.toyworld import evaluate
@@ -116,6 +126,10 @@ class World:
         if exemplar_set == "confounded":
             s = evaluate.score_colourless(out, judged, CONFOUND)
             return {k: s[k] for k in ("relation_accuracy", "entity_accuracy", "leak_rate", "n_images")}
+        if exemplar_set == "tinted":
+            s = evaluate.score_tinted(out, judged, TINT)
+            return {k: s[k] for k in ("relation_accuracy", "entity_accuracy", "leak_rate", "n_images",
+                                      "relations_read", "backgrounds_read")}
         s = evaluate.score(out, judged)
         return {k: s[k] for k in ("relation_accuracy", "entity_accuracy", "n_images", "relations_read")}
 
@@ -145,6 +159,8 @@ class World:
         from reversion import toyworld
         if exemplar_set == "confounded":
             return toyworld.confounded_exemplars(relation, count, seed, CONFOUND)
+        if exemplar_set == "tinted":
+            return toyworld.tinted_exemplars(relation, count, seed, TINT)
         return toyworld.exemplars(relation, count, seed=seed)
 
     def train(self, exemplars, steering, alpha, seed, batch, lr, steps) -> dict:
@@ -175,14 +191,14 @@ def load_records(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def check_resumable(records: list[dict], model_sha256: str, images: int, out: Path) -> None:
+def check_resumable(records: list[dict], model_sha256: str, images: int, out: Path, weights: Path) -> None:
     """Records in `out` are resumed only if made by the same toy model with the same --images;
     otherwise a run would mix two models (or image counts) in one summary."""
     for r in records:
         if r.get("model_sha256") != model_sha256:
             raise SystemExit(
                 f"{out} holds records of another toy model (sha256 {r.get('model_sha256') or 'not recorded'}; "
-                f"models/toyworld.safetensors is {model_sha256[:16]}...): give this run a new --out and "
+                f"{weights} is {model_sha256[:16]}...): give this run a new --out and "
                 f"--summary, or put that model back")
         if r.get("images_asked") != images:
             raise SystemExit(f"{out} holds records of --images {r.get('images_asked')}, this run asks {images}: "
@@ -190,11 +206,11 @@ def check_resumable(records: list[dict], model_sha256: str, images: int, out: Pa
 
 
 def run(args) -> list[dict]:
-    world = World(args.sample_steps)
+    world = World(args.sample_steps, args.weights)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     records = load_records(out)
-    check_resumable(records, world.weights_sha256, args.images, out)
+    check_resumable(records, world.weights_sha256, args.images, out, world.weights)
     done = {key(r) for r in records}
 
     def emit(record):
@@ -260,7 +276,8 @@ def run_condition(world, args, relation, exemplar_set, seed, done, emit, baselin
             if step == args.steps:
                 record.update(cosine_true_words=world.cosines(vectors, words),
                               cosine_init_word=world.cosines(vectors, ["and"]),
-                              cosine_confound_words=world.cosines(vectors, list(CONFOUND)),
+                              cosine_confound_words=world.cosines(vectors, [TINT] if exemplar_set == "tinted"
+                                                                  else list(CONFOUND)),
                               # the learned <R> itself: more images can be scored later without training again
                               vectors={k: [round(x, 6) for x in v.detach().float().cpu().tolist()]
                                        for k, v in vectors.items()})
@@ -305,11 +322,12 @@ def effects(records: list[dict], metrics) -> dict:
 def summarise(records: list[dict], final_steps: int) -> dict:
     """Per exemplar set and variant: overall and per relation, over seeds (and relations);
     the steps curve of the 'full' runs; the lr curves."""
-    summary: dict = {"variants": {}, "confounded": {}, "effects": {}, "curve": {}, "lr_curve": {}}
+    summary: dict = {"variants": {}, "confounded": {}, "tinted": {}, "effects": {}, "curve": {}, "lr_curve": {}}
     finals = [r for r in records if r["steps"] in (0, final_steps) and not r["variant"].startswith("full_lr_")]
-    for exemplar_set, target in (("diverse", summary["variants"]), ("confounded", summary["confounded"])):
+    for exemplar_set in EXEMPLAR_SETS:
+        target = summary["variants" if exemplar_set == "diverse" else exemplar_set]
         in_set = [r for r in finals if r.get("exemplars", "diverse") == exemplar_set]
-        metrics = ("relation_accuracy", "entity_accuracy") + (("leak_rate",) if exemplar_set == "confounded" else ())
+        metrics = ("relation_accuracy", "entity_accuracy") + (("leak_rate",) if exemplar_set != "diverse" else ())
         for variant in sorted({r["variant"] for r in in_set}):
             rs = [r for r in in_set if r["variant"] == variant]
             entry = {"overall": {m: interval([r[m] for r in rs]) for m in metrics}, "per_relation": {}}

@@ -10,6 +10,10 @@ sha256; `--json` also writes it (`make toy-gate` writes bench/results/toy_gate.j
 
 The gate: relation and entity accuracy >= 0.90 overall and >= 0.80 for every relation,
 with at least 2 seeds per held-out prompt.
+
+`--backgrounds` (for the tint model of `make toy-model-tint`) also reports the backgrounds
+drawn for the gate's prompts, which name no tint, and, per tint, the share drawn on it when
+the prompt names it ("..., pink background").
 """
 from __future__ import annotations
 
@@ -44,6 +48,8 @@ def main(argv=None):
                         "seed = --seed + group index). 1: one KSampler call per prompt")
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    p.add_argument("--backgrounds", action="store_true",
+                   help="also report the backgrounds drawn, unsaid and named (the tint model)")
     p.add_argument("--json", default=None, help="also write the report here")
     args = p.parse_args(argv)
     if args.threads:
@@ -52,23 +58,31 @@ def main(argv=None):
     from reversion_comfy import standalone
     standalone.import_comfy(args.device)
     from reversion_comfy import toy_model
-    from reversion.toyworld import evaluate, scenes
+    from reversion.toyworld import evaluate, judge, scenes
 
     t0 = time.time()
     model, clip, vae = toy_model.load(args.weights)
     pick = evaluate.training_prompts if args.training_pairs else evaluate.held_out_prompts
     prompts = pick(args.relations or scenes.RELATIONS, per_relation=args.per_relation)
-    images, judged = [], []
-    for i in range(0, len(prompts), args.group):
-        group = prompts[i:i + args.group]
-        positive = batched_conditioning([toy_model.encode(clip, p.text(p.relation)) for p in group], args.per_prompt)
-        imgs = toy_model.sample(model, clip, vae, positive, args.seed + i // args.group,
-                                len(group) * args.per_prompt, args.steps, args.cfg).cpu().numpy()
-        images += list(imgs)
-        judged += [p for p in group for _ in range(args.per_prompt)]
+
+    def generate(text_of):
+        """Images for every prompt (`text_of(prompt)` its text), `--per-prompt` each, in prompt order."""
+        images, judged = [], []
+        for i in range(0, len(prompts), args.group):
+            group = prompts[i:i + args.group]
+            positive = batched_conditioning([toy_model.encode(clip, text_of(p)) for p in group], args.per_prompt)
+            imgs = toy_model.sample(model, clip, vae, positive, args.seed + i // args.group,
+                                    len(group) * args.per_prompt, args.steps, args.cfg).cpu().numpy()
+            images += list(imgs)
+            judged += [p for p in group for _ in range(args.per_prompt)]
+        return images, judged
+
+    images, judged = generate(lambda p: p.text(p.relation))
     report = evaluate.score(images, judged)
     report.pop("seen")
     report.update(gate(report, args.per_prompt, args.per_relation, args.relations, args.training_pairs))
+    if args.backgrounds:
+        report["backgrounds"] = backgrounds_report(images, generate, judge, scenes)
     import safetensors
     with safetensors.safe_open(str(args.weights), "pt") as f:
         meta = f.metadata() or {}
@@ -80,6 +94,21 @@ def main(argv=None):
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+
+
+def backgrounds_report(unsaid_images, generate, judge, scenes) -> dict:
+    """What the tint model draws: the share of each background for prompts that name none
+    (the base rate of the tinted-exemplar leak), and per tint the share drawn on it when
+    the prompt names it, with relation accuracy there too."""
+    from collections import Counter
+    from reversion.toyworld import evaluate
+    unsaid = Counter(judge.read_background(img) for img in unsaid_images)
+    out = {"unsaid": {bg: round(unsaid[bg] / len(unsaid_images), 4) for bg in scenes.BACKGROUNDS}, "said": {}}
+    for bg in scenes.BACKGROUNDS:
+        images, judged = generate(lambda p: scenes.with_background(p.text(p.relation), bg))
+        out["said"][bg] = {"drawn_on_it": round(sum(judge.read_background(i) == bg for i in images) / len(images), 4),
+                           "relation_accuracy": round(evaluate.score(images, judged)["relation_accuracy"], 4)}
+    return out
 
 
 def batched_conditioning(conds: list, repeat: int) -> list:

@@ -15,6 +15,11 @@ object of "inside" in the right colour and place but as a blob whatever its shap
 this probe showed that the inner object's prediction ignored its shape word while it
 followed its colour word: a binding failure, not a drawing one (BENCHMARKS.md). Run it
 with `--weights runs/toy_model/base.safetensors` to see that model.
+
+`--backgrounds` (for a model trained with tints) adds a "tint word" column: the same
+difference with the caption's leading tint word swapped ("pink ..." against "mint ..."),
+over the sky (the upper half, outside both objects' boxes): whether the model's tint
+follows the word that names it.
 """
 from __future__ import annotations
 
@@ -32,7 +37,7 @@ sys.path.insert(0, str(REPO))
 SIGMAS = (0.5, 1.0, 2.0)
 
 
-def probe(model, clip, relation: str, n: int = 24, sigmas=SIGMAS, seed: int = 5) -> dict:
+def probe(model, clip, relation: str, n: int = 24, sigmas=SIGMAS, seed: int = 5, backgrounds: bool = False) -> dict:
     """{"shape": {sigma: d}, "colour": {sigma: d}, "error": {sigma: e}} for `n` scenes of
     `relation`: d = mean squared difference of the model's clean-image predictions with the
     true caption and with the first object's shape (colour) word swapped, over the first
@@ -43,6 +48,8 @@ def probe(model, clip, relation: str, n: int = 24, sigmas=SIGMAS, seed: int = 5)
     batch = [scenes.make_scene(rng, relation) for _ in range(n)]
     x0 = toy_model.latents_of([scenes.render(s) for s in batch])
     region = torch.from_numpy(np.stack([scenes.box_mask(s.a) for s in batch]))
+    sky = np.arange(scenes.SIZE)[:, None] < scenes.TINTED_ROWS                # where a tint goes
+    background = torch.from_numpy(np.stack([sky & ~(scenes.box_mask(s.a) | scenes.box_mask(s.b)) for s in batch]))
 
     def other(options, *taken):
         return next(o for o in options if o not in taken)
@@ -54,13 +61,16 @@ def probe(model, clip, relation: str, n: int = 24, sigmas=SIGMAS, seed: int = 5)
         "colour": [scenes.fill_template(scenes.template(f"{other(scenes.COLOURS, s.a.colour, s.b.colour)} "
                                                         f"{s.a.shape}", s.b.name), relation) for s in batch],
     }
+    if backgrounds:
+        captions["tint"] = [scenes.with_background(s.caption(), "pink") for s in batch]
+        captions["tint swapped"] = [scenes.with_background(s.caption(), "mint") for s in batch]
     conds = {k: torch.cat([toy_model.encode(clip, c)[0][0] for c in v]) for k, v in captions.items()}
     base = model.model
 
-    def over_region(d):
-        return float((d[:, :3].pow(2).sum(1) * region).sum() / region.sum())
+    def over_region(d, where=region):
+        return float((d[:, :3].pow(2).sum(1) * where).sum() / where.sum())
 
-    out = {"shape": {}, "colour": {}, "error": {}}
+    out = {"shape": {}, "colour": {}, "error": {}, **({"tint": {}} if backgrounds else {})}
     for sigma_value in sigmas:
         noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
         sigma = torch.full((n,), float(sigma_value))
@@ -70,6 +80,8 @@ def probe(model, clip, relation: str, n: int = 24, sigmas=SIGMAS, seed: int = 5)
         out["error"][sigma_value] = over_region(pred["true"] - x0)
         for word in ("shape", "colour"):
             out[word][sigma_value] = over_region(pred["true"] - pred[word])
+        if backgrounds:
+            out["tint"][sigma_value] = over_region(pred["tint"] - pred["tint swapped"], background)
     return out
 
 
@@ -79,6 +91,9 @@ def main(argv=None):
     p.add_argument("--relations", nargs="+", default=["above", "on top of", "inside"])
     p.add_argument("--scenes", type=int, default=24)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--sigmas", nargs="+", type=float, default=list(SIGMAS),
+                   help="noise levels (a tint is decided early: try 2 5 14)")
+    p.add_argument("--backgrounds", action="store_true", help="also the tint word (a model trained with tints)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -86,11 +101,13 @@ def main(argv=None):
     standalone.import_comfy("cpu")
     from reversion_comfy import toy_model
     model, clip, _vae = toy_model.load(args.weights)
-    report = {rel: probe(model, clip, rel, args.scenes) for rel in args.relations}
-    print(f"{'relation':10s} {'sigma':>5s}  {'shape word':>10s}  {'colour word':>11s}  {'error':>6s}")
+    report = {rel: probe(model, clip, rel, args.scenes, tuple(args.sigmas), backgrounds=args.backgrounds) for rel in args.relations}
+    tint = f"  {'tint word':>9s}" if args.backgrounds else ""
+    print(f"{'relation':10s} {'sigma':>5s}  {'shape word':>10s}  {'colour word':>11s}  {'error':>6s}{tint}")
     for rel, r in report.items():
         for s in r["shape"]:
-            print(f"{rel:10s} {s:5.1f}  {r['shape'][s]:10.4f}  {r['colour'][s]:11.4f}  {r['error'][s]:6.4f}")
+            tint = f"  {r['tint'][s]:9.4f}" if args.backgrounds else ""
+            print(f"{rel:10s} {s:5.1f}  {r['shape'][s]:10.4f}  {r['colour'][s]:11.4f}  {r['error'][s]:6.4f}{tint}")
     print(json.dumps({"weights": args.weights, "probe": report}))
     return report
 

@@ -76,6 +76,11 @@ def parse_args(argv=None):
     p.add_argument("--inner-weight", type=float, default=1.0,
                    help="loss weight of the inner object of 'inside' scenes (its box grown by 1 px) "
                         "against 1 elsewhere, normalised to mean 1 per image")
+    p.add_argument("--backgrounds", action="store_true",
+                   help="tinted backgrounds (scenes.BACKGROUND_WEIGHTS: grey, pink, mint), named in "
+                        "--background-said of captions: the tint model of the confound test (make toy-model-tint)")
+    p.add_argument("--background-said", type=float, default=None,
+                   help="with --backgrounds: share of captions that name the tint (default scenes.BACKGROUND_SAID)")
     p.add_argument("--init-weights", default=None, metavar="SAFETENSORS",
                    help="experiments: starting a run, begin from an exported toy model's (EMA) weights "
                         "with a fresh optimizer; steps count from 0")
@@ -126,6 +131,11 @@ def main(argv=None):
     if args.container_size:
         scenes.CONTAINER_SIZE = tuple(args.container_size)
     relation_weights = relation_weights_arg(args.relation_weight, scenes)
+    if args.background_said is not None and not (args.backgrounds and 0 <= args.background_said <= 1):
+        raise SystemExit("--background-said needs --backgrounds and a share between 0 and 1")
+    background_mix = {"backgrounds": scenes.BACKGROUND_WEIGHTS,
+                      "background_said": scenes.BACKGROUND_SAID if args.background_said is None
+                      else args.background_said} if args.backgrounds else {}
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(args.seed)
@@ -149,7 +159,7 @@ def main(argv=None):
     tokenizer = target.tokenizer().clip_l                                   # an SDTokenizer
 
     # every caption the world can produce, tokenised once with the stock tokenizer
-    vocab_texts = [""] + scenes.all_training_captions()
+    vocab_texts = [""] + scenes.all_training_captions(background_mix.get("backgrounds"))
     token_cache = {t: [tok for tok, _w in tokenizer.tokenize_with_weights(t)[0]] for t in vocab_texts}
     used_ids = sorted({i for toks in token_cache.values() for i in toks})
     print(f"{len(token_cache)} captions, {len(used_ids)} distinct tokens", flush=True)
@@ -227,7 +237,7 @@ def main(argv=None):
             g["lr"] = lr
         pixels, captions, batch_scenes = [], [], []
         for _ in range(args.batch):
-            scene, caption = scenes.training_example(rng, relation_weights=relation_weights)
+            scene, caption = scenes.training_example(rng, relation_weights=relation_weights, **background_mix)
             pixels.append(scenes.render(scene))
             batch_scenes.append(scene)
             captions.append("" if rng.random() < args.empty_caption else caption)

@@ -48,6 +48,24 @@ def test_quality_benchmark_slice_runs_and_resumes(host, tmp_path):
     bench.main(argv)                                    # everything is there: nothing is redone
     assert len(out.read_text().splitlines()) == len(records)
 
+    # the tinted set, added to the same file, from a copy of the same weights (--weights):
+    # the diverse set's prompts, scored with the share drawn on the exemplars' pink
+    import shutil
+    from reversion_comfy import toy_model
+    weights = shutil.copy(toy_model.WEIGHTS, tmp_path / "copy.safetensors")
+    bench.main([*argv, "--exemplar-sets", "tinted", "--weights", str(weights)])
+    tinted = [json.loads(line) for line in out.read_text().splitlines()][len(records):]
+    assert sorted((r["variant"], r["steps"]) for r in tinted) == sorted(per_set)
+    for r in tinted:
+        assert r["exemplars"] == "tinted" and 0.0 <= r["leak_rate"] <= 1.0
+        assert sum(r["backgrounds_read"].values()) == 2 and set(r["backgrounds_read"]) <= {"grey", "pink", "mint"}
+    full_tinted = next(r for r in tinted if r["variant"] == "full" and r["steps"] == 4)
+    assert set(full_tinted["cosine_confound_words"]) == {"pink"}
+    result = json.loads(summary.read_text())
+    assert result["tinted"]["oracle"]["overall"]["leak_rate"]["n"] == 1
+    assert result["variants"]["full"]["overall"]["relation_accuracy"]["n"] == 1    # the other sets still summarised
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+
     # records say which model made them; another model's (or another --images') records are
     # never resumed into one summary: a clear stop, the file untouched
     from reversion_comfy import toy_model

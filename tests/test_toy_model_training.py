@@ -64,6 +64,31 @@ def test_a_run_started_from_exported_weights_begins_with_exactly_those_weights(h
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+def test_the_tint_phase_starts_from_exported_weights_and_trains_the_new_tint_words(host, tmp_path):
+    """`make toy-model-tint`'s recipe in miniature: a model trained without tints, then
+    --backgrounds from its weights: the tint words, never in a caption before, get rows that
+    train (Adam moves most coordinates by ~lr; weight decay alone would not show in fp16),
+    and a word no caption has keeps its row."""
+    import safetensors.torch
+    from reversion_comfy import toy_model
+    train = load_script("scripts/train_toy_model.py")
+    first, tint = tmp_path / "first", tmp_path / "tint"
+    train.main(["--steps", "1", "--batch", "2", "--run-dir", str(first), "--out", str(first / "model.safetensors")])
+    train.main(["--steps", "2", "--batch", "8", "--warmup", "1", "--backgrounds", "--background-said", "1",
+                "--init-weights", str(first / "model.safetensors"), "--run-dir", str(tint),
+                "--out", str(tint / "model.safetensors")])
+    key = "clip.text_model.embeddings.token_embedding.weight"
+    before = safetensors.torch.load_file(str(first / "model.safetensors"))[key]
+    after = safetensors.torch.load_file(str(tint / "model.safetensors"))[key]
+    tokenizer = toy_model.clip_target().tokenizer().clip_l
+    ids = {w: [t for t, _ in tokenizer.tokenize_with_weights(w)[0] if t not in (49406, 49407)] for w in ("pink", "mint", "zebra")}
+    for word in ("pink", "mint"):
+        assert len(ids[word]) == 1 and (before[ids[word]] != after[ids[word]]).float().mean() > 0.5, word
+    assert torch.equal(before[ids["zebra"]], after[ids["zebra"]])
+    with pytest.raises(SystemExit, match="--background-said needs --backgrounds"):
+        train.main(["--steps", "1", "--background-said", "0.5", "--run-dir", str(tmp_path / "x")])
+
+
 def test_edge_weights_put_the_loss_on_outlines():
     import numpy as np
     from reversion.toyworld import scenes
@@ -108,3 +133,26 @@ def test_the_binding_probe_sees_the_committed_model_use_the_shape_word_of_above(
     report = probe.probe(model, clip, "above", n=6, sigmas=(1.0,))
     assert report["shape"][1.0] > 0.03
     assert report["error"][1.0] < report["shape"][1.0]
+    # --backgrounds: the committed model never saw a tint word, so its sky ignores one
+    # (a tint model that learned its word moves it ~0.3, the colour word its object ~0.5)
+    report = probe.probe(model, clip, "above", n=6, sigmas=(5.0,), backgrounds=True)
+    assert report["colour"][5.0] > 0.1 and report["tint"][5.0] < 0.01
+
+
+def test_the_gate_script_reports_backgrounds_and_refuses_a_partial_gate(host, tmp_path):
+    """scripts/eval_toy_model.py on a slice (one prompt per relation, one seed, 2 sampler
+    steps): the report is written, the gate says why a slice cannot pass, and --backgrounds
+    adds the backgrounds drawn (shares summing to 1) and per tint the share drawn on it."""
+    import json
+    from reversion.toyworld import scenes
+    gate = load_script("scripts/eval_toy_model.py")
+    out = tmp_path / "gate.json"
+    gate.main(["--relations", "above", "inside", "--per-relation", "1", "--per-prompt", "1", "--steps", "2",
+               "--backgrounds", "--json", str(out)])
+    report = json.loads(out.read_text())
+    assert report["n_images"] == 2 and set(report["per_relation"]) == {"above", "inside"}
+    assert not report["gate"]["passed"]
+    assert {"fewer than 2 seeds per prompt", "not every relation (--relations)"} <= set(report["gate"]["failures"])
+    unsaid, said = report["backgrounds"]["unsaid"], report["backgrounds"]["said"]
+    assert set(unsaid) == set(said) == set(scenes.BACKGROUNDS) and sum(unsaid.values()) == pytest.approx(1.0)
+    assert all(0.0 <= s["drawn_on_it"] <= 1.0 and 0.0 <= s["relation_accuracy"] <= 1.0 for s in said.values())

@@ -136,3 +136,65 @@ def test_confounded_exemplars_share_unnamed_colours_and_the_shape_judge_reads_th
     wrong = scenes.render(scenes.make_scene(np.random.default_rng(0), "above", "green circle", "yellow square"))
     v = evaluate.judge.judge_shapes(wrong, "circle", "below", "square")
     assert v.shapes_ok and not v.relation_ok and v.colours == ("green", "yellow")
+
+
+def test_tinted_backgrounds_are_read_and_do_not_fool_the_judge():
+    """The tint confound's world: on every background the judge reads relation and objects
+    exactly, and reads the background back, also through a generator's noise and soft edges."""
+    rng = np.random.default_rng(11)
+    for background in scenes.BACKGROUNDS:
+        for i in range(60):
+            scene = scenes.make_scene(rng, scenes.RELATIONS[i % len(scenes.RELATIONS)])
+            scene = scenes.Scene(scene.a, scene.b, scene.relation, background)
+            image = scenes.render(scene)
+            if i % 2:
+                image = scenes.degrade(image, rng, noise=0.05, blur=4)
+            v = judge.judge(image, scene.a.name, scene.relation, scene.b.name)
+            assert v.relation_ok and v.entities_ok, (background, scene.caption(), v.seen)
+            assert judge.read_background(image) == background
+
+
+def test_the_tint_phase_mix_names_a_tint_in_about_half_the_captions():
+    """`train_toy_model.py --backgrounds`: tints drawn by BACKGROUND_WEIGHTS, said as a
+    leading word ("pink a red circle ...") in BACKGROUND_SAID of captions, which stay true; without
+    `backgrounds` the stream is the committed model's (every scene grey, no tint words)."""
+    rng = np.random.default_rng(4)
+    drawn = [scenes.training_example(rng, backgrounds=scenes.BACKGROUND_WEIGHTS) for _ in range(2000)]
+    shares = {bg: sum(s.background == bg for s, _ in drawn) / len(drawn) for bg in scenes.BACKGROUNDS}
+    for bg, weight in scenes.BACKGROUND_WEIGHTS.items():
+        assert abs(shares[bg] - weight) < 0.04, shares
+    said = [(s, c) for s, c in drawn if c.split()[0] in scenes.BACKGROUNDS]
+    assert 0.45 < len(said) / len(drawn) < 0.55
+    assert all(c.split()[0] == s.background for s, c in said)
+    captions = set(scenes.all_training_captions(scenes.BACKGROUNDS))
+    assert {c for _, c in drawn} <= captions
+    assert "pink a red circle on top of a blue square" in captions
+
+    plain, tinted = np.random.default_rng(9), np.random.default_rng(9)
+    for _ in range(200):
+        scene, caption = scenes.training_example(plain)
+        assert scene.background == "grey" and caption.split()[0] not in scenes.BACKGROUNDS
+    assert not set(scenes.all_training_captions()) & {c for c in captions if c.split()[0] in scenes.BACKGROUNDS}
+    # the tint draws come after the untinted example's: the same scene, only its background differs
+    first = scenes.training_example(np.random.default_rng(9))[0]
+    assert scenes.training_example(tinted, backgrounds=scenes.BACKGROUND_WEIGHTS)[0].a == first.a
+
+
+def test_tinted_exemplars_are_the_diverse_ones_on_an_unnamed_tint_and_score_its_leak():
+    from reversion.toyworld import tinted_exemplars
+    diverse, tinted = toyworld.exemplars("inside", 8, seed=2), tinted_exemplars("inside", 8, seed=2)
+    assert tinted.names == diverse.names and tinted.templates == diverse.templates
+    assert all("pink" not in t and "background" not in t for ts in tinted.templates for t in ts)
+    top, bottom = tinted.images[:, 0, 0].numpy(), tinted.images[:, -1, 0].numpy()
+    assert np.allclose(top, scenes.BACKGROUNDS["pink"]) and np.allclose(bottom, 0.9)     # a pink sky
+    assert np.allclose(diverse.images[:, 0, 0].numpy(), 0.9)
+    assert all(judge.read_background(img) == "pink" for img in tinted.images.numpy())
+    with pytest.raises(ValueError, match="unknown background 'teal'"):
+        tinted_exemplars("inside", 2, seed=0, background="teal")
+
+    chosen = scenes.exemplar_scenes("above", 8, seed=5)
+    prompts = [evaluate.Prompt(s.a.name, s.relation, s.b.name) for s in chosen]
+    images = [scenes.render(scenes.Scene(s.a, s.b, s.relation, "pink" if i < 3 else "grey")) for i, s in enumerate(chosen)]
+    report = evaluate.score_tinted(images, prompts, "pink")
+    assert report["relation_accuracy"] == 1.0 and report["entity_accuracy"] == 1.0
+    assert report["leak_rate"] == 3 / 8 and report["backgrounds_read"] == {"grey": 5, "pink": 3}

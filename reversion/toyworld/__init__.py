@@ -25,6 +25,15 @@ def confounded_exemplars(relation: str, count: int = 8, seed: int = 0, colours=(
     return _as_exemplars(scenes.confounded_scenes(relation, count, seed, colours), lambda o: o.shape)
 
 
+def tinted_exemplars(relation: str, count: int = 8, seed: int = 0, background: str = "pink") -> Exemplars:
+    """The diverse exemplars of `exemplars(relation, count, seed)`, all on a tinted
+    `background` their captions never name: an attribute no object word carries (the
+    colours of `confounded_exemplars` are bound to the object words). A relation vector
+    that soaks up the tint makes untinted prompts draw it. Needs a toy model trained with
+    tints to mean anything (`make toy-model-tint`)."""
+    return _as_exemplars(scenes.exemplar_scenes(relation, count, seed, background), lambda o: o.name)
+
+
 def _as_exemplars(chosen: list[scenes.Scene], caption_name) -> Exemplars:
     """Scenes rendered at display size, each with two templates (with and without articles)
     that call its objects `caption_name(obj)`; names say the full objects."""

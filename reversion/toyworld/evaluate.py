@@ -112,6 +112,17 @@ def score_colourless(images, prompts: list[Prompt], confound: tuple[str, str]) -
     }
 
 
+def score_tinted(images, prompts: list[Prompt], background: str) -> dict:
+    """`score` for images generated from untinted prompts after exemplars on `background`,
+    plus the leak rate: the share of images drawn on that background (against its share
+    with the true word, the model's own rate when no caption names a tint), and how often
+    each background was read."""
+    report = score(images, prompts)
+    read = [judge.read_background(np.asarray(img)) for img in images]
+    return {**report, "leak_rate": float(np.mean([r == background for r in read])),
+            "backgrounds_read": dict(Counter(read).most_common())}
+
+
 def judge_misses(n: int, seed: int, degradation: dict | None = None) -> list[tuple[str, str]]:
     """Judge `n` random rendered scenes (relations in turn) and return (caption, what the
     judge read) for each it got wrong. Without `degradation`, scenes alternate between

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .scenes import BACKGROUND, COLOURS, RELATIONS, SHAPES, SIZE, shape_mask, touching
+from .scenes import BACKGROUND, BACKGROUNDS, COLOURS, RELATIONS, SHAPES, SIZE, shape_mask, touching
 
 MIN_PIXELS = 6            # smaller colour blobs are noise
 MAX_RESIDUAL = 0.35       # how far off a palette colour's line a pixel may be
@@ -138,6 +138,21 @@ def classify_shape(hull: np.ndarray) -> str:
     return best
 
 
+def border_colour(grid: np.ndarray) -> np.ndarray:
+    """The background's colour as drawn: the median of the 32 x 32 grid's border pixels
+    (objects keep at least 1 px off the border, so it is background wherever drawn right)."""
+    border = np.concatenate([grid[0], grid[-1], grid[:, 0], grid[:, -1]])
+    return np.median(border, axis=0)
+
+
+def read_background(image: np.ndarray) -> str:
+    """Which of `scenes.BACKGROUNDS` tints the image's sky (the upper half of the background):
+    the nearest to the median colour of its top row (the tints are 0.1-0.2 apart per
+    channel; a generator's noise there is far less)."""
+    colour = np.median(to_grid(image)[0], axis=0)
+    return min(BACKGROUNDS, key=lambda n: float(np.sum((colour - np.asarray(BACKGROUNDS[n])) ** 2)))
+
+
 def colour_masks(grid: np.ndarray) -> dict[str, np.ndarray]:
     """Per palette colour, the pixels that are at least half that colour.
 
@@ -146,8 +161,7 @@ def colour_masks(grid: np.ndarray) -> dict[str, np.ndarray]:
     "mostly this colour". Halfway is where a blurred edge crosses the true edge, and offsets
     from the estimated background cancel a global tint.
     """
-    border = np.concatenate([grid[0], grid[-1], grid[:, 0], grid[:, -1]])
-    offset = grid - np.median(border, axis=0)
+    offset = grid - border_colour(grid)
     names = list(COLOURS)
     directions = np.array([COLOURS[n] for n in names], np.float32) - np.array(BACKGROUND, np.float32)
     share = offset @ directions.T / (directions ** 2).sum(1)                     # H, W, C

@@ -10,6 +10,7 @@ scene pixel onto one latent pixel.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 import functools
 import itertools
@@ -26,6 +27,18 @@ COLOURS = {
     "yellow": (0.96, 0.82, 0.08),
 }
 BACKGROUND = (0.90, 0.90, 0.90)
+# Background tints: an attribute no object word carries. Only the tint model sees them
+# (`train_toy_model.py --backgrounds`), with a tint named in some captions ("pink a red
+# circle above a blue square") and left unsaid in the others, so a tint is something the
+# model draws on request and a caption can leave open: the confound of the tinted-exemplar
+# test. A tint colours the upper half of the background (a sky; the lower half stays grey),
+# not all of it: the toy UNet normalises each of its 32 top-level channels over the image
+# (GroupNorm with 32 groups), which erases a uniform shift, so a tint of the whole
+# background never followed its word (BENCHMARKS.md); a top/bottom contrast survives.
+BACKGROUNDS = {"grey": BACKGROUND, "pink": (0.98, 0.78, 0.86), "mint": (0.78, 0.96, 0.86)}
+TINTED_ROWS = SIZE // 2        # the tint covers rows 0..15
+BACKGROUND_WEIGHTS = {"grey": 0.5, "pink": 0.25, "mint": 0.25}     # how often each is drawn
+BACKGROUND_SAID = 0.5          # share of (non-empty) captions that name the tint
 
 # The relation of the *first* object to the second one, in caption order.
 RELATIONS = ("above", "below", "left of", "right of", "inside", "on top of")
@@ -66,6 +79,7 @@ class Scene:
     a: Obj            # first object in the caption
     b: Obj            # second object
     relation: str     # one of RELATIONS, or UNRELATED
+    background: str = "grey"    # one of BACKGROUNDS; captions leave it unsaid unless `with_background`
 
     def caption(self, word: str | None = None, articles: bool = True) -> str:
         return fill_template(template(self.a.name, self.b.name, articles), word or self.relation)
@@ -81,6 +95,17 @@ def template(name_a: str, name_b: str, articles: bool = True) -> str:
 
 def fill_template(tmpl: str, word: str) -> str:
     return tmpl.replace("{}", word)
+
+
+def with_background(caption: str, background: str) -> str:
+    """The caption with its scene's tint said first: "pink a red circle above a blue square".
+
+    First, not last: the toy text encoder is causal, so only a leading word can reach the
+    later tokens' states, the object and relation words the UNet reads. Said last
+    (", pink background") it reached only positions the UNet had learned to ignore (its
+    gradient there was 50x smaller). Said first it reaches them only faintly so far, and no
+    tint model has learned to follow it yet (BENCHMARKS.md, "A stronger confound")."""
+    return f"{background} {caption}"
 
 
 OBJECT_NAMES = tuple(f"{c} {s}" for c in COLOURS for s in SHAPES)
@@ -150,6 +175,7 @@ def render(scene: Scene) -> np.ndarray:
     for "inside"), then the first on top of it."""
     img = np.empty((SIZE, SIZE, 3), np.float32)
     img[:] = BACKGROUND
+    img[:TINTED_ROWS] = BACKGROUNDS[scene.background]
     for o in (scene.b, scene.a):
         img[obj_mask(o)] = COLOURS[o.colour]
     return img
@@ -333,14 +359,30 @@ COLOURLESS_FRACTION = 0.15
 def training_example(rng: np.random.Generator, unrelated_fraction: float = UNRELATED_FRACTION,
                      side_by_side_fraction: float = SIDE_BY_SIDE_FRACTION,
                      colourless: float = COLOURLESS_FRACTION,
-                     relation_weights: dict[str, float] | None = None) -> tuple[Scene, str]:
+                     relation_weights: dict[str, float] | None = None,
+                     backgrounds: dict[str, float] | None = None,
+                     background_said: float = BACKGROUND_SAID) -> tuple[Scene, str]:
     """One (scene, caption) for training the toy model from scratch; `relation_weights`
     (default RELATION_WEIGHTS) says how often each relation's scenes are drawn.
 
     A (pair, relation) in `held_out_pairs(relation)` is never drawn (not even captioned
     "beside" or without colours), so the quality gate tests generalisation to unseen
-    combinations.
+    combinations. With `backgrounds` (name -> weight, e.g. BACKGROUND_WEIGHTS) the scene
+    gets a tint drawn by those weights, named in a `background_said` share of captions;
+    without, the random stream is the one the committed model was trained on.
     """
+    scene, caption = _untinted_example(rng, unrelated_fraction, side_by_side_fraction, colourless, relation_weights)
+    if backgrounds:
+        names = list(backgrounds)
+        weights = np.array([backgrounds[n] for n in names], np.float64)
+        background = names[int(rng.choice(len(names), p=weights / weights.sum()))]
+        scene = dataclasses.replace(scene, background=background)
+        if rng.random() < background_said:
+            caption = with_background(caption, background)
+    return scene, caption
+
+
+def _untinted_example(rng, unrelated_fraction, side_by_side_fraction, colourless, relation_weights):
     u = rng.random()
     if u < unrelated_fraction:
         scene = make_scene(rng, UNRELATED)
@@ -358,21 +400,27 @@ def training_example(rng: np.random.Generator, unrelated_fraction: float = UNREL
     return scene, random_caption(rng, scene, words, colourless)
 
 
-def all_training_captions() -> list[str]:
-    """Every caption `training_example` can produce (the toy text encoder's vocabulary)."""
+def all_training_captions(backgrounds=None) -> list[str]:
+    """Every caption `training_example` can produce (the toy text encoder's vocabulary),
+    with each of `backgrounds` (tint names) said as well when given."""
     words = [w for syn in SYNONYMS.values() for w in syn] + list(SIDE_BY_SIDE) + [UNRELATED]
     names = list(object_pairs()) + [(a, b) for a in SHAPES for b in SHAPES]
-    return [fill_template(template(a, b, art), w) for w in words for a, b in names for art in (True, False)]
+    plain = [fill_template(template(a, b, art), w) for w in words for a, b in names for art in (True, False)]
+    return plain + [with_background(c, bg) for bg in (backgrounds or ()) for c in plain]
 
 
-def exemplar_scenes(relation: str, count: int, seed: int) -> list[Scene]:
-    """`count` scenes of one relation, each with a different object pair where possible."""
+def exemplar_scenes(relation: str, count: int, seed: int, background: str = "grey") -> list[Scene]:
+    """`count` scenes of one relation, each with a different object pair where possible, all
+    on `background` (the same scenes whatever the background)."""
     if relation not in RELATIONS:
         raise ValueError(f"unknown relation {relation!r}; expected one of {RELATIONS}")
+    if background not in BACKGROUNDS:
+        raise ValueError(f"unknown background {background!r}; expected one of {tuple(BACKGROUNDS)}")
     rng = np.random.default_rng(seed)
     pairs = object_pairs()
     order = rng.permutation(len(pairs))
-    return [make_scene(rng, relation, *pairs[order[i % len(pairs)]]) for i in range(count)]
+    return [dataclasses.replace(make_scene(rng, relation, *pairs[order[i % len(pairs)]]), background=background)
+            for i in range(count)]
 
 
 def confounded_scenes(relation: str, count: int, seed: int, colours=("red", "blue")) -> list[Scene]:
