@@ -21,7 +21,7 @@ plus a steering-weight sweep (`--steering-weights`), on two exemplar sets (`--ex
                  colourless prompts for every pair of shapes. The leak rate is the share of
                  images drawn red-then-blue again (1/12 by chance): the colours the captions
                  left unsaid, soaked up by <R>. The paper's claim is that steering stops it.
-    tinted       the diverse set's exemplars, all on a pink background their captions never
+    tinted       the diverse set's exemplars, all under a pink sky their captions never
                  name; scored like diverse (untinted new-pair prompts), plus the leak rate:
                  the share drawn on pink, against the true word's share (the model's own rate
                  for a tint no caption names). Only a toy model trained with tints can draw one:

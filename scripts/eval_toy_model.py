@@ -13,7 +13,7 @@ with at least 2 seeds per held-out prompt.
 
 `--backgrounds` (for the tint model of `make toy-model-tint`) also reports the backgrounds
 drawn for the gate's prompts, which name no tint, and, per tint, the share drawn on it when
-the prompt names it ("..., pink background").
+the prompt names it ("a red circle pink above a blue square").
 """
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ followed its colour word: a binding failure, not a drawing one (BENCHMARKS.md). 
 with `--weights runs/toy_model/base.safetensors` to see that model.
 
 `--backgrounds` (for a model trained with tints) adds a "tint word" column: the same
-difference with the caption's leading tint word swapped ("pink ..." against "mint ..."),
+difference with the caption's tint word swapped ("a red circle pink above ..." against "... mint ..."),
 over the sky (the upper half, outside both objects' boxes): whether the model's tint
 follows the word that names it.
 """

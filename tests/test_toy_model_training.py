@@ -133,10 +133,11 @@ def test_the_binding_probe_sees_the_committed_model_use_the_shape_word_of_above(
     report = probe.probe(model, clip, "above", n=6, sigmas=(1.0,))
     assert report["shape"][1.0] > 0.03
     assert report["error"][1.0] < report["shape"][1.0]
-    # --backgrounds: the committed model never saw a tint word, so its sky ignores one
-    # (a tint model that learned its word moves it ~0.3, the colour word its object ~0.5)
+    # --backgrounds: the committed model never saw a tint word, so pink or mint in its caption
+    # only jostles the sky a little (~0.01, an unknown word before the relation word); a model
+    # that followed the word would move it by ~1.4, as the colour word moves its object ~0.5
     report = probe.probe(model, clip, "above", n=6, sigmas=(5.0,), backgrounds=True)
-    assert report["colour"][5.0] > 0.1 and report["tint"][5.0] < 0.01
+    assert report["colour"][5.0] > 0.1 and report["tint"][5.0] < 0.05
 
 
 def test_the_gate_script_reports_backgrounds_and_refuses_a_partial_gate(host, tmp_path):

@@ -156,25 +156,28 @@ def test_tinted_backgrounds_are_read_and_do_not_fool_the_judge():
 
 def test_the_tint_phase_mix_names_a_tint_in_about_half_the_captions():
     """`train_toy_model.py --backgrounds`: tints drawn by BACKGROUND_WEIGHTS, said as a
-    leading word ("pink a red circle ...") in BACKGROUND_SAID of captions, which stay true; without
+    word after the first shape ("a red circle pink above ...") in BACKGROUND_SAID of captions,
+    which stay true; without
     `backgrounds` the stream is the committed model's (every scene grey, no tint words)."""
     rng = np.random.default_rng(4)
     drawn = [scenes.training_example(rng, backgrounds=scenes.BACKGROUND_WEIGHTS) for _ in range(2000)]
     shares = {bg: sum(s.background == bg for s, _ in drawn) / len(drawn) for bg in scenes.BACKGROUNDS}
     for bg, weight in scenes.BACKGROUND_WEIGHTS.items():
         assert abs(shares[bg] - weight) < 0.04, shares
-    said = [(s, c) for s, c in drawn if c.split()[0] in scenes.BACKGROUNDS]
+    def tint_words(caption):
+        return [w for w in caption.split() if w in scenes.BACKGROUNDS]
+    said = [(s, c) for s, c in drawn if tint_words(c)]
     assert 0.45 < len(said) / len(drawn) < 0.55
-    assert all(c.split()[0] == s.background for s, c in said)
+    assert all(tint_words(c) == [s.background] for s, c in said)
     captions = set(scenes.all_training_captions(scenes.BACKGROUNDS))
     assert {c for _, c in drawn} <= captions
-    assert "pink a red circle on top of a blue square" in captions
+    assert "a red circle pink on top of a blue square" in captions and "circle mint beside square" in captions
 
     plain, tinted = np.random.default_rng(9), np.random.default_rng(9)
     for _ in range(200):
         scene, caption = scenes.training_example(plain)
-        assert scene.background == "grey" and caption.split()[0] not in scenes.BACKGROUNDS
-    assert not set(scenes.all_training_captions()) & {c for c in captions if c.split()[0] in scenes.BACKGROUNDS}
+        assert scene.background == "grey" and not tint_words(caption)
+    assert not set(scenes.all_training_captions()) & {c for c in captions if tint_words(c)}
     # the tint draws come after the untinted example's: the same scene, only its background differs
     first = scenes.training_example(np.random.default_rng(9))[0]
     assert scenes.training_example(tinted, backgrounds=scenes.BACKGROUND_WEIGHTS)[0].a == first.a

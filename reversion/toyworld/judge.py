@@ -20,10 +20,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .scenes import BACKGROUND, BACKGROUNDS, COLOURS, RELATIONS, SHAPES, SIZE, shape_mask, touching
+from .scenes import BACKGROUND, BACKGROUNDS, COLOURS, TINTED_ROWS, RELATIONS, SHAPES, SIZE, shape_mask, touching
 
 MIN_PIXELS = 6            # smaller colour blobs are noise
 MAX_RESIDUAL = 0.35       # how far off a palette colour's line a pixel may be
+SKY_CONTRAST = 0.12       # upper and lower background halves further apart: a tinted sky
 
 
 @dataclass
@@ -147,10 +148,19 @@ def border_colour(grid: np.ndarray) -> np.ndarray:
 
 def read_background(image: np.ndarray) -> str:
     """Which of `scenes.BACKGROUNDS` tints the image's sky (the upper half of the background):
-    the nearest to the median colour of its top row (the tints are 0.1-0.2 apart per
-    channel; a generator's noise there is far less)."""
+    the nearest to the median colour of its top row (the tints are 0.3-0.4 apart from grey
+    in one channel; a generator's noise there is far less)."""
     colour = np.median(to_grid(image)[0], axis=0)
     return min(BACKGROUNDS, key=lambda n: float(np.sum((colour - np.asarray(BACKGROUNDS[n])) ** 2)))
+
+
+def sky_and_ground(grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Median colours of the border pixels in the upper half (rows < TINTED_ROWS) and in the
+    lower half: a tinted sky and the grey ground, or the same colour twice."""
+    h = TINTED_ROWS
+    sky = np.concatenate([grid[0], grid[:h, 0], grid[:h, -1]])
+    ground = np.concatenate([grid[-1], grid[h:, 0], grid[h:, -1]])
+    return np.median(sky, axis=0), np.median(ground, axis=0)
 
 
 def colour_masks(grid: np.ndarray) -> dict[str, np.ndarray]:
@@ -159,13 +169,24 @@ def colour_masks(grid: np.ndarray) -> dict[str, np.ndarray]:
     Each pixel's offset from the (estimated) background is projected on every palette
     colour's offset from the true background: a share t >= 0.5 with a small residual means
     "mostly this colour". Halfway is where a blurred edge crosses the true edge, and offsets
-    from the estimated background cancel a global tint.
+    from the estimated background cancel a global tint. An image whose upper and lower
+    halves differ by more than SKY_CONTRAST (a tinted sky) is read against each half's own
+    background, and the palette's offsets are taken from it too.
     """
-    offset = grid - border_colour(grid)
     names = list(COLOURS)
-    directions = np.array([COLOURS[n] for n in names], np.float32) - np.array(BACKGROUND, np.float32)
-    share = offset @ directions.T / (directions ** 2).sum(1)                     # H, W, C
-    residual = np.linalg.norm(offset[:, :, None, :] - share[..., None] * directions, axis=-1)
+    palette = np.array([COLOURS[n] for n in names], np.float32)
+    sky, ground = sky_and_ground(grid)
+    if np.abs(sky - ground).max() < SKY_CONTRAST:           # one background, as drawn by most models
+        offset = grid - border_colour(grid)
+        directions = palette - np.array(BACKGROUND, np.float32)
+        share = offset @ directions.T / (directions ** 2).sum(1)                     # H, W, C
+        residual = np.linalg.norm(offset[:, :, None, :] - share[..., None] * directions, axis=-1)
+    else:
+        rows = np.where((np.arange(grid.shape[0]) < TINTED_ROWS)[:, None], sky, ground)   # H, 3
+        offset = grid - rows[:, None, :]
+        directions = palette[None, None] - rows[:, None, None, :]                        # H, 1, C, 3
+        share = (offset[:, :, None, :] * directions).sum(-1) / (directions ** 2).sum(-1)
+        residual = np.linalg.norm(offset[:, :, None, :] - share[..., None] * directions, axis=-1)
     score = np.where((share >= 0.5) & (residual < MAX_RESIDUAL), residual, np.inf)
     best = score.argmin(-1)
     valid = np.isfinite(score.min(-1))

@@ -28,14 +28,14 @@ COLOURS = {
 }
 BACKGROUND = (0.90, 0.90, 0.90)
 # Background tints: an attribute no object word carries. Only the tint model sees them
-# (`train_toy_model.py --backgrounds`), with a tint named in some captions ("pink a red
-# circle above a blue square") and left unsaid in the others, so a tint is something the
+# (`train_toy_model.py --backgrounds`), with a tint named in some captions ("a red circle
+# pink above a blue square") and left unsaid in the others, so a tint is something the
 # model draws on request and a caption can leave open: the confound of the tinted-exemplar
 # test. A tint colours the upper half of the background (a sky; the lower half stays grey),
 # not all of it: the toy UNet normalises each of its 32 top-level channels over the image
 # (GroupNorm with 32 groups), which erases a uniform shift, so a tint of the whole
 # background never followed its word (BENCHMARKS.md); a top/bottom contrast survives.
-BACKGROUNDS = {"grey": BACKGROUND, "pink": (0.98, 0.78, 0.86), "mint": (0.78, 0.96, 0.86)}
+BACKGROUNDS = {"grey": BACKGROUND, "pink": (0.98, 0.55, 0.78), "mint": (0.55, 0.96, 0.78)}
 TINTED_ROWS = SIZE // 2        # the tint covers rows 0..15
 BACKGROUND_WEIGHTS = {"grey": 0.5, "pink": 0.25, "mint": 0.25}     # how often each is drawn
 BACKGROUND_SAID = 0.5          # share of (non-empty) captions that name the tint
@@ -98,14 +98,17 @@ def fill_template(tmpl: str, word: str) -> str:
 
 
 def with_background(caption: str, background: str) -> str:
-    """The caption with its scene's tint said first: "pink a red circle above a blue square".
+    """The caption with its scene's tint said right after the first object's shape, just
+    before the relation word: "a red circle pink above a blue square".
 
-    First, not last: the toy text encoder is causal, so only a leading word can reach the
-    later tokens' states, the object and relation words the UNet reads. Said last
-    (", pink background") it reached only positions the UNet had learned to ignore (its
-    gradient there was 50x smaller). Said first it reaches them only faintly so far, and no
-    tint model has learned to follow it yet (BENCHMARKS.md, "A stronger confound")."""
-    return f"{background} {caption}"
+    Where the word goes matters to the toy text encoder, which is causal: said last
+    (", pink background") the tint reached only positions the UNet had learned to ignore;
+    said first ("pink a red circle ...") its identity faded to 0.01-0.02 by the third token.
+    Next to the relation word, the position the UNet reads most, is the latest try; no tint
+    model has learned to follow the word yet (BENCHMARKS.md, "A stronger confound")."""
+    words = caption.split()
+    first_shape = next(i for i, w in enumerate(words) if w in SHAPES)
+    return " ".join(words[:first_shape + 1] + [background] + words[first_shape + 1:])
 
 
 OBJECT_NAMES = tuple(f"{c} {s}" for c in COLOURS for s in SHAPES)
