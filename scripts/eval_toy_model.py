@@ -58,7 +58,7 @@ def main(argv=None):
     from reversion_comfy import standalone
     standalone.import_comfy(args.device)
     from reversion_comfy import toy_model
-    from reversion.toyworld import evaluate, judge, scenes
+    from reversion.toyworld import evaluate, scenes
 
     t0 = time.time()
     model, clip, vae = toy_model.load(args.weights)
@@ -82,7 +82,7 @@ def main(argv=None):
     report.pop("seen")
     report.update(gate(report, args.per_prompt, args.per_relation, args.relations, args.training_pairs))
     if args.backgrounds:
-        report["backgrounds"] = backgrounds_report(images, generate, judge, scenes)
+        report["backgrounds"] = backgrounds_report(images, generate)
     import safetensors
     with safetensors.safe_open(str(args.weights), "pt") as f:
         meta = f.metadata() or {}
@@ -96,18 +96,17 @@ def main(argv=None):
         Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
 
 
-def backgrounds_report(unsaid_images, generate, judge, scenes) -> dict:
+def backgrounds_report(unsaid_images, generate) -> dict:
     """What the tint model draws: the share of each background for prompts that name none
     (the base rate of the tinted-exemplar leak), and per tint the share drawn on it when
-    the prompt names it, with relation accuracy there too."""
+    the prompt names it (`evaluate.score_tinted`'s leak rate), with relation accuracy there too."""
     from collections import Counter
-    from reversion.toyworld import evaluate
+    from reversion.toyworld import evaluate, judge, scenes
     unsaid = Counter(judge.read_background(img) for img in unsaid_images)
     out = {"unsaid": {bg: round(unsaid[bg] / len(unsaid_images), 4) for bg in scenes.BACKGROUNDS}, "said": {}}
     for bg in scenes.BACKGROUNDS:
-        images, judged = generate(lambda p: scenes.with_background(p.text(p.relation), bg))
-        out["said"][bg] = {"drawn_on_it": round(sum(judge.read_background(i) == bg for i in images) / len(images), 4),
-                           "relation_accuracy": round(evaluate.score(images, judged)["relation_accuracy"], 4)}
+        said = evaluate.score_tinted(*generate(lambda p: scenes.with_background(p.text(p.relation), bg)), bg)
+        out["said"][bg] = {"drawn_on_it": round(said["leak_rate"], 4), "relation_accuracy": round(said["relation_accuracy"], 4)}
     return out
 
 

@@ -61,6 +61,9 @@ def parse_args(argv=None):
                    help="with --max-minutes: also write --out when stopping early")
     p.add_argument("--export-only", action="store_true",
                    help="write --out from the run's last checkpoint without training")
+    p.add_argument("--raw", action="store_true",
+                   help="with --export-only: write the checkpoint's parameters, not their EMA (diagnostics: "
+                        "early in a fine-tune the EMA still mostly holds the starting model)")
     p.add_argument("--inner-size", nargs=2, type=int, default=None, metavar=("MIN", "MAX"),
                    help="experiments: the inner object's size range in 'inside' scenes (default: scenes.INNER_SIZE)")
     p.add_argument("--container-size", nargs=2, type=int, default=None, metavar=("MIN", "MAX"),
@@ -131,11 +134,14 @@ def main(argv=None):
     if args.container_size:
         scenes.CONTAINER_SIZE = tuple(args.container_size)
     relation_weights = relation_weights_arg(args.relation_weight, scenes)
+    if args.raw and not args.export_only:
+        raise SystemExit("--raw goes with --export-only (a training run always ends by writing its EMA)")
     if args.background_said is not None and not (args.backgrounds and 0 <= args.background_said <= 1):
         raise SystemExit("--background-said needs --backgrounds and a share between 0 and 1")
-    background_mix = {"backgrounds": scenes.BACKGROUND_WEIGHTS,
-                      "background_said": scenes.BACKGROUND_SAID if args.background_said is None
-                      else args.background_said} if args.backgrounds else {}
+    background_mix = {}           # training_example's defaults: no tints
+    if args.backgrounds:
+        background_mix = {"backgrounds": scenes.BACKGROUND_WEIGHTS, "background_said": scenes.BACKGROUND_SAID
+                          if args.background_said is None else args.background_said}
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(args.seed)
@@ -393,11 +399,12 @@ def grow(path: Path, base, params, ema) -> int:
 
 
 def export(args, params, ema, compact, base, text_encoder, step, elapsed):
-    """Write the EMA weights as one fp16 safetensors file (unet.* and clip.* keys)."""
+    """Write the EMA weights (the parameters with --raw) as one fp16 safetensors file (unet.* and clip.* keys)."""
     import safetensors.torch
     with torch.no_grad():
-        for p, e in zip(params, ema):
-            p.data.copy_(e)
+        if not args.raw:
+            for p, e in zip(params, ema):
+                p.data.copy_(e)
         sd = {}
         for k, v in base.diffusion_model.state_dict().items():
             sd["unet." + k] = v.detach().cpu().half().contiguous()

@@ -59,6 +59,7 @@ def test_quality_benchmark_slice_runs_and_resumes(host, tmp_path):
     for r in tinted:
         assert r["exemplars"] == "tinted" and 0.0 <= r["leak_rate"] <= 1.0
         assert sum(r["backgrounds_read"].values()) == 2 and set(r["backgrounds_read"]) <= {"grey", "pink", "mint"}
+        assert r["leak_rate"] == r["backgrounds_read"].get("pink", 0) / r["n_images"]     # the leak is the pink share
     full_tinted = next(r for r in tinted if r["variant"] == "full" and r["steps"] == 4)
     assert set(full_tinted["cosine_confound_words"]) == {"pink"}
     result = json.loads(summary.read_text())

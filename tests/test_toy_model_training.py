@@ -62,6 +62,14 @@ def test_a_run_started_from_exported_weights_begins_with_exactly_those_weights(h
     after = safetensors.torch.load_file(str(second / "model.safetensors"))
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)
+    # --export-only --raw writes the checkpoint's parameters, which after 2 steps are not yet
+    # their EMA (the probe figures on "raw weights" in BENCHMARKS.md come from such exports)
+    train.main(["--export-only", "--raw", "--run-dir", str(first), "--out", str(first / "raw.safetensors")])
+    raw = safetensors.torch.load_file(str(first / "raw.safetensors"))
+    assert raw.keys() == before.keys() and any(not torch.equal(raw[k], before[k]) for k in raw)
+    with pytest.raises(SystemExit, match="--raw goes with --export-only"):
+        train.main(["--raw", "--run-dir", str(first), "--out", str(tmp_path / "never.safetensors")])
+    assert not (tmp_path / "never.safetensors").exists()
 
 
 def test_the_tint_phase_starts_from_exported_weights_and_trains_the_new_tint_words(host, tmp_path):

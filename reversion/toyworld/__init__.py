@@ -26,8 +26,8 @@ def confounded_exemplars(relation: str, count: int = 8, seed: int = 0, colours=(
 
 
 def tinted_exemplars(relation: str, count: int = 8, seed: int = 0, background: str = "pink") -> Exemplars:
-    """The diverse exemplars of `exemplars(relation, count, seed)`, all on a tinted
-    `background` their captions never name: an attribute no object word carries (the
+    """The diverse exemplars of `exemplars(relation, count, seed)`, all under a sky tinted
+    `background` (scenes.BACKGROUNDS) their captions never name: an attribute no object word carries (the
     colours of `confounded_exemplars` are bound to the object words). A relation vector
     that soaks up the tint makes untinted prompts draw it. Needs a toy model trained with
     tints to mean anything (`make toy-model-tint`)."""

@@ -148,10 +148,10 @@ def border_colour(grid: np.ndarray) -> np.ndarray:
 
 def read_background(image: np.ndarray) -> str:
     """Which of `scenes.BACKGROUNDS` tints the image's sky (the upper half of the background):
-    the nearest to the median colour of its top row (the tints are 0.3-0.4 apart from grey
-    in one channel; a generator's noise there is far less)."""
-    colour = np.median(to_grid(image)[0], axis=0)
-    return min(BACKGROUNDS, key=lambda n: float(np.sum((colour - np.asarray(BACKGROUNDS[n])) ** 2)))
+    the nearest to the sky's border colour (`sky_and_ground`; the tints are 0.3-0.4 apart from
+    grey in one channel, a generator's noise there far less)."""
+    sky, _ground = sky_and_ground(to_grid(image))
+    return min(BACKGROUNDS, key=lambda n: float(np.sum((sky - np.asarray(BACKGROUNDS[n])) ** 2)))
 
 
 def sky_and_ground(grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -177,16 +177,14 @@ def colour_masks(grid: np.ndarray) -> dict[str, np.ndarray]:
     palette = np.array([COLOURS[n] for n in names], np.float32)
     sky, ground = sky_and_ground(grid)
     if np.abs(sky - ground).max() < SKY_CONTRAST:           # one background, as drawn by most models
-        offset = grid - border_colour(grid)
-        directions = palette - np.array(BACKGROUND, np.float32)
-        share = offset @ directions.T / (directions ** 2).sum(1)                     # H, W, C
-        residual = np.linalg.norm(offset[:, :, None, :] - share[..., None] * directions, axis=-1)
+        background = border_colour(grid)                                              # 3
+        directions = palette - np.array(BACKGROUND, np.float32)                       # C, 3
     else:
-        rows = np.where((np.arange(grid.shape[0]) < TINTED_ROWS)[:, None], sky, ground)   # H, 3
-        offset = grid - rows[:, None, :]
-        directions = palette[None, None] - rows[:, None, None, :]                        # H, 1, C, 3
-        share = (offset[:, :, None, :] * directions).sum(-1) / (directions ** 2).sum(-1)
-        residual = np.linalg.norm(offset[:, :, None, :] - share[..., None] * directions, axis=-1)
+        background = np.where((np.arange(grid.shape[0]) < TINTED_ROWS)[:, None], sky, ground)[:, None]  # H, 1, 3
+        directions = palette - background[..., None, :]                               # H, 1, C, 3
+    offset = (grid - background)[..., None, :]                                        # H, W, 1, 3
+    share = (offset * directions).sum(-1) / (directions ** 2).sum(-1)                 # H, W, C
+    residual = np.linalg.norm(offset - share[..., None] * directions, axis=-1)
     score = np.where((share >= 0.5) & (residual < MAX_RESIDUAL), residual, np.inf)
     best = score.argmin(-1)
     valid = np.isfinite(score.min(-1))
