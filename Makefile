@@ -74,10 +74,17 @@ toy-model-tint: setup
 toy-gate: setup
 	$(PY) scripts/eval_toy_model.py --per-prompt 2 --json bench/results/toy_gate.json
 
-# ReVersion's ablations (steering, focal sampling), steering sweep and steps curve on the toy
-# world: bench/results/quality.json(l). Hours on 2 CPU cores; resumable (rerun to continue).
+# ReVersion's ablations on the toy world (six relations x diverse and confounded exemplars x
+# 3 seeds x 4 variants, 48 judged images each), then the steering-weight sweep and the steps
+# curve, all into bench/results/quality.json(l); then the README picture and BENCHMARKS tables.
+# Hours on 2 CPU cores; resumable (rerun to continue).
+BENCH_QUALITY := $(PY) bench/bench_quality.py --threads 2
 bench-quality: setup
-	$(PY) bench/bench_quality.py --curve 50 100 200 --threads 2
+	$(BENCH_QUALITY) --steering-weights
+	$(BENCH_QUALITY) --relations "left of" "on top of" --seeds 0 --exemplar-sets diverse --variants full --steering-weights 0.1 1
+	$(BENCH_QUALITY) --relations "on top of" --seeds 0 --exemplar-sets diverse --variants full --steering-weights --lr-curve 2.5e-4 6.25e-4
+	$(PY) bench/plot_quality.py
+	$(PY) bench/quality_tables.py
 
 bench: setup
 	$(PY) bench/bench_train_step.py

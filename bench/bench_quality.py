@@ -56,6 +56,9 @@ sys.path.insert(0, str(REPO))
 CONFOUND = ("red", "blue")      # the confounded exemplars' unnamed colours (first object, second object)
 TINT = "pink"                   # the tinted exemplars' unnamed background
 EXEMPLAR_SETS = ("diverse", "confounded", "tinted")
+# a trained record's cosines of <R> to word embeddings, summarised per variant: name -> record field
+COSINE_FIELDS = {"true_words": "cosine_true_words", "confound_words": "cosine_confound_words",
+                 "init_word": "cosine_init_word"}
 VARIANTS = {"full": (0.01, 0.5), "no_steer": (0.0, 0.5), "uniform": (0.01, 0.0), "neither": (0.0, 0.0)}
 IMAGES_PER_PROMPT = 4
 # two-sided 95% Student t quantiles by degrees of freedom (interval over training seeds)
@@ -321,8 +324,10 @@ def effects(records: list[dict], metrics) -> dict:
 
 def summarise(records: list[dict], final_steps: int) -> dict:
     """Per exemplar set and variant: overall and per relation, over seeds (and relations);
-    the steps curve of the 'full' runs; the lr curves."""
-    summary: dict = {"variants": {}, "confounded": {}, "tinted": {}, "effects": {}, "curve": {}, "lr_curve": {}}
+    the trained vectors' cosines (each run's mean over the words of a kind); the steps curve
+    of the 'full' runs; the lr curves."""
+    summary: dict = {"variants": {}, "confounded": {}, "tinted": {}, "effects": {}, "cosines": {}, "curve": {},
+                     "lr_curve": {}}
     finals = [r for r in records if r["steps"] in (0, final_steps) and not r["variant"].startswith("full_lr_")]
     for exemplar_set in EXEMPLAR_SETS:
         target = summary["variants" if exemplar_set == "diverse" else exemplar_set]
@@ -335,8 +340,19 @@ def summarise(records: list[dict], final_steps: int) -> dict:
                 rr = [r for r in rs if r["relation"] == relation]
                 entry["per_relation"][relation] = {m: interval([r[m] for r in rr]) for m in metrics}
             target[variant] = entry
+            cosines = {name: [float(np.mean(list(r[field].values()))) for r in rs if r.get(field)]
+                       for name, field in COSINE_FIELDS.items()}
+            if any(cosines.values()):
+                summary["cosines"].setdefault(exemplar_set, {})[variant] = {
+                    name: interval(values) for name, values in cosines.items() if values}
         summary["effects"][exemplar_set] = effects(in_set, metrics)
+    # curves only over the runs scored at more than one update count: a relation trained to
+    # 300 updates alone must not pull the curve's 300 point away from its neighbours
     diverse = [r for r in records if r.get("exemplars", "diverse") == "diverse"]
+    counts: dict = {}
+    for r in diverse:
+        counts.setdefault((r["relation"], r["seed"], r["variant"], r.get("lr")), set()).add(r["steps"])
+    diverse = [r for r in diverse if len(counts[(r["relation"], r["seed"], r["variant"], r.get("lr"))]) > 1]
     full = [r for r in diverse if r["variant"] == "full" and r["steps"]]
     for step in sorted({r["steps"] for r in full}):
         summary["curve"][str(step)] = interval([r["relation_accuracy"] for r in full if r["steps"] == step])

@@ -45,6 +45,18 @@ def test_quality_benchmark_slice_runs_and_resumes(host, tmp_path):
         outcome = effect["steering loss"]["relation_accuracy"]
         assert (outcome["wins"], outcome["ties"], outcome["losses"]) == ((diff > 0) * 1, (diff == 0) * 1, (diff < 0) * 1)
     assert "leak_rate" in result["effects"]["confounded"]["steering loss"]
+    # the trained vectors' cosines, per variant: here one run, so its own figures
+    full_diverse = final[("diverse", "full")]
+    assert result["cosines"]["diverse"]["full"]["init_word"]["mean"] == pytest.approx(full_diverse["cosine_init_word"]["and"], abs=1e-4)
+    assert result["cosines"]["confounded"]["full"]["confound_words"]["mean"] == pytest.approx(
+        (full["cosine_confound_words"]["red"] + full["cosine_confound_words"]["blue"]) / 2, abs=1e-4)
+    assert "oracle" not in result["cosines"]["diverse"]                  # untrained baselines have no vector
+    # BENCHMARKS.md's tables are printed from this summary: the full method's row carries its figures
+    tables = load_script("bench/quality_tables.py").render(result)
+    full_row = next(line for line in tables.splitlines() if line.startswith("| full (paper) |"))
+    assert f"**{final[('diverse', 'full')]['relation_accuracy']:.2f}**" in full_row
+    steering_row = next(line for line in tables.splitlines() if line.startswith("| steering loss (full - no_steer)"))
+    assert steering_row.count("(") == 1 + 5 and f"{diff:+.3f}" in steering_row   # 5 columns; the confounded diff last seen
     bench.main(argv)                                    # everything is there: nothing is redone
     assert len(out.read_text().splitlines()) == len(records)
 
