@@ -11,7 +11,9 @@ model (the trainer the node uses, `adapter.train_relation`):
     uniform     steering 0.01, alpha 0 (uniform timesteps)
     neither     steering 0,    alpha 0
 
-plus a steering-weight sweep (`--steering-weights`), on two exemplar sets (`--exemplar-sets`):
+plus a steering-weight sweep (`--steering-weights`) and, with `--caption-positives`, a 'full'
+run whose steering positives are only the 20 basis prepositions the toy text encoder was
+trained on (the other 36 are untrained rows), on two exemplar sets (`--exemplar-sets`):
 
     diverse      8 exemplars with different object pairs, fully captioned; scored by the
                  judge on object pairs the toy model never saw with that relation and that
@@ -67,7 +69,10 @@ T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8:
        19: 2.093, 20: 2.086, 25: 2.060, 30: 2.042}
 # what each part buys, as paired differences (same relation, exemplar set and seed): name -> (with, without)
 EFFECTS = {"focal sampling": ("full", "uniform"), "focal sampling, no steering": ("no_steer", "neither"),
-           "steering loss": ("full", "no_steer"), "steering loss, uniform timesteps": ("uniform", "neither")}
+           "steering loss": ("full", "no_steer"), "steering loss, uniform timesteps": ("uniform", "neither"),
+           # --caption-positives: the loss with only positives the toy encoder was trained on
+           "steering loss, caption-word positives": ("full_caption_positives", "no_steer"),
+           "caption-word positives instead of all 56": ("full_caption_positives", "full")}
 
 
 def parse_args(argv=None):
@@ -77,6 +82,9 @@ def parse_args(argv=None):
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--steering-weights", nargs="*", type=float, default=[0.1, 1.0],
                    help="extra 'full' runs with these steering weights (the sweep)")
+    p.add_argument("--caption-positives", action="store_true",
+                   help="also a 'full' run whose steering positives are only the basis prepositions the toy "
+                        "text encoder was trained on (variant full_caption_positives)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=300, help="updates per run (the demo's 300)")
     p.add_argument("--lr", type=float, default=6.25e-4, help="base lr, scaled by the batch (the demo's)")
@@ -166,13 +174,14 @@ class World:
             return toyworld.tinted_exemplars(relation, count, seed, TINT)
         return toyworld.exemplars(relation, count, seed=seed)
 
-    def train(self, exemplars, steering, alpha, seed, batch, lr, steps) -> dict:
-        """The node's trainer on the toy model for max(`steps`) updates; returns
-        {step: (vectors, seconds of training so far)} at each of `steps`."""
+    def train(self, exemplars, steering, alpha, seed, batch, lr, steps, positives=()) -> dict:
+        """The node's trainer on the toy model for max(`steps`) updates (steering positives
+        drawn from `positives`, () = the paper's 56); returns {step: (vectors, seconds of
+        training so far)} at each of `steps`."""
         from reversion.trainer import TrainConfig
         from reversion_comfy import adapter
         config = TrainConfig(steps=max(steps), batch_size=batch, grad_accum=1, base_lr=lr, scale_lr=True,
-                             steering_weight=steering, focal_alpha=alpha, seed=seed)
+                             steering_weight=steering, focal_alpha=alpha, seed=seed, positive_words=tuple(positives))
         snapshots, t0 = {}, time.perf_counter()
 
         def keep(step, total, record, vectors):
@@ -235,19 +244,30 @@ def run(args) -> list[dict]:
 
 
 def training_runs(args, exemplar_set: str) -> list[tuple]:
-    """(variant name, steering weight, focal alpha, base lr, update counts to score) for one
-    exemplar set. 'full' is scored along the way at `--curve` (and at `--lr-curve-steps` when
+    """(variant name, steering weight, focal alpha, base lr, update counts to score, steering
+    positives) for one exemplar set. 'full' is scored along the way at `--curve` (and at `--lr-curve-steps` when
     `--lr-curve` lists the default lr: the same run, trained once); other lrs run apart."""
     curve = set(args.curve) | {args.steps}
     if exemplar_set == "diverse" and args.lr in args.lr_curve:
         curve |= set(args.lr_curve_steps)
-    runs = [(v, *VARIANTS[v], args.lr, sorted(curve) if v == "full" else [args.steps]) for v in args.variants]
-    runs += [(f"full_steer_{w:g}", w, VARIANTS["full"][1], args.lr, [args.steps])
+    runs = [(v, *VARIANTS[v], args.lr, sorted(curve) if v == "full" else [args.steps], ()) for v in args.variants]
+    runs += [(f"full_steer_{w:g}", w, VARIANTS["full"][1], args.lr, [args.steps], ())
              for w in args.steering_weights if w != VARIANTS["full"][0]]
+    if args.caption_positives:
+        runs += [("full_caption_positives", *VARIANTS["full"], args.lr, [args.steps], caption_prepositions())]
     if exemplar_set == "diverse":
-        runs += [(f"full_lr_{lr * args.batch:g}", *VARIANTS["full"], lr, sorted(args.lr_curve_steps))
+        runs += [(f"full_lr_{lr * args.batch:g}", *VARIANTS["full"], lr, sorted(args.lr_curve_steps), ())
                  for lr in args.lr_curve if lr != args.lr]
     return runs
+
+
+def caption_prepositions() -> tuple[str, ...]:
+    """The basis prepositions that are words of the toy model's training captions (20 of the
+    56): the only positives whose embedding rows were trained; the others are random rows."""
+    from reversion import vocab
+    from reversion.toyworld import scenes
+    words = {w for caption in scenes.all_training_captions() for w in caption.split()}
+    return tuple(w for w in vocab.relation_words() if w in words)
 
 
 def run_condition(world, args, relation, exemplar_set, seed, done, emit, baselines):
@@ -267,12 +287,13 @@ def run_condition(world, args, relation, exemplar_set, seed, done, emit, baselin
             emit({**base, "variant": variant, "steering_weight": None, "focal_alpha": None, "steps": 0,
                   **baselines[cache]})
     words = [w for w in scenes.SYNONYMS[relation] if " " not in w]
-    for name, steering, alpha, lr, steps in training_runs(args, exemplar_set):
-        common = {**base, "variant": name, "steering_weight": steering, "focal_alpha": alpha, "lr": lr * args.batch}
+    for name, steering, alpha, lr, steps, positives in training_runs(args, exemplar_set):
+        common = {**base, "variant": name, "steering_weight": steering, "focal_alpha": alpha, "lr": lr * args.batch,
+                  **({"positive_words": list(positives)} if positives else {})}
         if all(key({**common, "steps": s}) in done for s in steps):
             continue
         for step, (vectors, seconds) in sorted(world.train(exemplars, steering, alpha, seed, args.batch, lr,
-                                                           steps).items()):
+                                                           steps, positives).items()):
             if key({**common, "steps": step}) in done:
                 continue
             record = {**common, "steps": step, "train_seconds": round(seconds, 1)}

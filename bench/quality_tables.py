@@ -47,6 +47,8 @@ def ordered(variants) -> list[str]:
 def label(variant: str) -> str:
     if variant.startswith("full_steer_"):
         return f"full, steering {variant.removeprefix('full_steer_')}"
+    if variant == "full_caption_positives":
+        return "full, caption-word positives"
     return LABELS.get(variant, variant)
 
 

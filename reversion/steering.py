@@ -37,9 +37,9 @@ def steering_loss(anchor: torch.Tensor, positives: torch.Tensor, negatives: torc
     return (torch.logsumexp(everything, dim=1) - torch.logsumexp(pos, dim=1)).mean()
 
 
-def sample_positive_words(rng: random.Random, count: int = NUM_POSITIVES) -> list[str]:
-    """`count` distinct basis prepositions, uniformly without replacement."""
-    words = vocab.relation_words()
+def sample_positive_words(rng: random.Random, count: int = NUM_POSITIVES, words: Sequence[str] = ()) -> list[str]:
+    """`count` distinct basis prepositions (or of `words`, if given), uniformly without replacement."""
+    words = tuple(words) or vocab.relation_words()
     if not 1 <= count <= len(words):
         raise ValueError(f"num_positives must be between 1 and {len(words)}, got {count}")
     return rng.sample(words, count)

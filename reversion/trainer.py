@@ -49,6 +49,9 @@ class TrainConfig:
     focal_alpha: float = timesteps.ALPHA  # 0 = uniform timesteps
     init_word: str = "and"
     seed: int = 2023
+    # Words the steering positives are drawn from; () = ReVersion's 56 basis prepositions.
+    # Experiments only (bench_quality --caption-positives): the node always uses the paper's.
+    positive_words: tuple = ()
 
     @property
     def lr(self) -> float:
@@ -64,11 +67,18 @@ class TrainConfig:
             raise ValueError(f"focal alpha must be in [0, 1], got {self.focal_alpha}")
         if not self.init_word.strip():
             raise ValueError("init word must not be empty (the paper uses 'and')")
+        if self.positive_words and self.num_positives > len(self.positive_words):
+            raise ValueError(f"num_positives ({self.num_positives}) is more than the {len(self.positive_words)} "
+                             f"positive words given")
         return self
 
     def as_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["lr"] = self.lr
+        if self.positive_words:
+            d["positive_words"] = list(self.positive_words)
+        else:       # the paper's: left out, so checkpoints and relation files made before it still match
+            del d["positive_words"]
         d["adam_betas"] = list(self.adam_betas)
         return d
 
@@ -203,7 +213,7 @@ def draw_micro_batch(latents, templates, config: TrainConfig, backend: Backend, 
     seeds and checkpoints give the same run whether or not micro-batches are merged)."""
     idx = [order.next() for _ in range(config.batch_size)]
     captions = [rng.choice(templates[i]).replace("{}", backend.placeholder_text) for i in idx]
-    positive_words = [steering.sample_positive_words(rng, config.num_positives) for _ in idx]
+    positive_words = [steering.sample_positive_words(rng, config.num_positives, config.positive_words) for _ in idx]
     batch = latents[idx]
     t = sampler.sample(len(idx))
     noise = torch.randn(batch.shape, generator=gen).to(batch.device, batch.dtype)

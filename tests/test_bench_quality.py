@@ -60,6 +60,19 @@ def test_quality_benchmark_slice_runs_and_resumes(host, tmp_path):
     bench.main(argv)                                    # everything is there: nothing is redone
     assert len(out.read_text().splitlines()) == len(records)
 
+    # --caption-positives: one more 'full' run, its steering positives only the prepositions
+    # the toy encoder was trained on, and its effects against no steering and the paper's 56
+    bench.main([*argv, "--caption-positives", "--exemplar-sets", "diverse"])
+    narrowed = [json.loads(line) for line in out.read_text().splitlines()][len(records):]
+    assert [(r["variant"], r["steps"]) for r in narrowed] == [("full_caption_positives", 4)]
+    assert narrowed[0]["positive_words"] == list(bench.caption_prepositions())
+    assert len(narrowed[0]["positive_words"]) == 20 and {"on", "inside", "beside"} <= set(narrowed[0]["positive_words"])
+    assert not {"left", "right", "between", "toward"} & set(narrowed[0]["positive_words"])
+    effect = json.loads(summary.read_text())["effects"]["diverse"]["steering loss, caption-word positives"]
+    assert effect["relation_accuracy"]["mean"] == pytest.approx(
+        narrowed[0]["relation_accuracy"] - final[("diverse", "no_steer")]["relation_accuracy"], abs=1e-4)
+    records += narrowed
+
     # the tinted set, added to the same file, from a copy of the same weights (--weights):
     # the diverse set's prompts, scored with the share drawn on the exemplars' pink
     import shutil

@@ -227,6 +227,32 @@ def test_trainer_timesteps_are_focal():
     assert t.mean().item() == pytest.approx(600.9, abs=25)     # 1000 draws, std of the mean ~8
 
 
+def test_steering_positives_can_be_narrowed_for_experiments():
+    """TrainConfig.positive_words (bench_quality --caption-positives) draws the positives from
+    those words only; the default, the paper's 56, leaves the config's record as it was (so
+    checkpoints and relation files made before still match)."""
+    class Recording(LinearBackend):
+        drawn: list = []
+
+        def steering_vocabulary(self, key):
+            v = super().steering_vocabulary(key)
+            ids_of = v.positive_ids
+            v.positive_ids = lambda words: self.drawn.extend(w for ws in words for w in ws) or ids_of(words)
+            return v
+    narrow, paper = Recording(), Recording()
+    narrow.drawn, paper.drawn = [], []
+    latents, templates = torch.randn(2, 4, 2, 2), [["cat {} dog"]] * 2
+    trainer.train(narrow, latents, templates, trainer.TrainConfig(steps=30, grad_accum=1, num_positives=2,
+                                                             positive_words=("on", "atop", "upon")))
+    assert len(narrow.drawn) == 30 * 2 * 2 and set(narrow.drawn) == {"on", "atop", "upon"}
+    trainer.train(paper, latents, templates, trainer.TrainConfig(steps=30, grad_accum=1))
+    assert len(set(paper.drawn)) > 40 and set(paper.drawn) <= set(vocab.relation_words())
+    assert "positive_words" not in trainer.TrainConfig().as_dict()
+    assert trainer.TrainConfig(positive_words=("on", "in")).as_dict()["positive_words"] == ["on", "in"]
+    with pytest.raises(ValueError, match="more than the 2 positive words"):
+        trainer.TrainConfig(positive_words=("on", "in")).check()
+
+
 @pytest.mark.parametrize("field,value,message", [
     ("steps", 0, "steps must be at least 1"), ("batch_size", 0, "batch_size"),
     ("focal_alpha", 1.5, "focal alpha"), ("base_lr", 0.0, "learning rate"), ("init_word", " ", "init word")])
