@@ -64,8 +64,9 @@ def effect_bars(draw, box, effects: dict, font, span: float = 0.2):
     for i, (name, e) in enumerate(effects.items()):
         acc = e["relation_accuracy"]
         top, bottom = y0 + i * row + row * 0.2, y0 + (i + 1) * row - row * 0.2
-        colour = COLOURS[e["with"]]
-        draw.text((x0, top), f"{name} ({e['with']} - {e['without']})", fill=(0, 0, 0), font=font)
+        colour = COLOURS.get(e["with"], (130, 100, 180))          # experiment variants: one colour
+        pair = f" ({e['with']} - {e['without']})" if e["with"] in LABELS else ""   # long names: the name says it
+        draw.text((x0, top), name + pair, fill=(0, 0, 0), font=font)
         draw.rectangle([min(x_of(0), x_of(acc["mean"])), top, max(x_of(0), x_of(acc["mean"])), bottom], fill=colour)
         if acc.get("ci95"):
             mid = (top + bottom) / 2
@@ -79,7 +80,8 @@ def plot(summary: dict, out: Path) -> Path:
     from reversion.plot import _font
     font = _font(16)
     effects = summary.get("effects", {}).get("diverse", {})
-    img = Image.new("RGB", (1400, 560 + (260 if effects else 0)), "white")
+    effects_h = 45 * len(effects)
+    img = Image.new("RGB", (1400, 560 + (80 + effects_h if effects else 0)), "white")
     draw = ImageDraw.Draw(img)
     diverse = summary.get("variants", {})
     relations = sorted({r for v in diverse.values() for r in v["per_relation"]})
@@ -99,7 +101,7 @@ def plot(summary: dict, out: Path) -> Path:
             x += 36 + int(draw.textlength(LABELS[variant], font=font))
     draw.text((1030, 490), "red line: chance (1/12)", fill=(200, 60, 60), font=font)
     if effects:
-        effect_bars(draw, (70, 600, 1370, 780), effects, font)
+        effect_bars(draw, (70, 600, 1370, 600 + effects_h), effects, font)
     out.parent.mkdir(parents=True, exist_ok=True)
     img.save(out)
     return out
