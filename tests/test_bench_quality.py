@@ -72,6 +72,11 @@ def test_quality_benchmark_slice_runs_and_resumes(host, tmp_path):
     assert effect["relation_accuracy"]["mean"] == pytest.approx(
         narrowed[0]["relation_accuracy"] - final[("diverse", "no_steer")]["relation_accuracy"], abs=1e-4)
     records += narrowed
+    # the README picture draws from the same summary: one effect row each, experiments included
+    from PIL import Image
+    result = json.loads(summary.read_text())
+    picture = Image.open(load_script("bench/plot_quality.py").plot(result, tmp_path / "q.png"))
+    assert len(result["effects"]["diverse"]) == 3 and picture.size == (1400, 560 + 80 + 45 * 3)
 
     # the tinted set, added to the same file, from a copy of the same weights (--weights):
     # the diverse set's prompts, scored with the share drawn on the exemplars' pink
