@@ -75,14 +75,15 @@ toy-gate: setup
 	$(PY) scripts/eval_toy_model.py --per-prompt 2 --json bench/results/toy_gate.json
 
 # ReVersion's ablations on the toy world (six relations x diverse and confounded exemplars x
-# 3 seeds x 4 variants, 48 judged images each), then the steering-weight sweep and the steps
-# curve, all into bench/results/quality.json(l); then the README picture and BENCHMARKS tables.
+# 3 seeds x 4 variants, 48 judged images each), then the steering-weight sweep, the steps
+# curve and the caption-positives experiment, all into bench/results/quality.json(l); then the README picture and BENCHMARKS tables.
 # Hours on 2 CPU cores; resumable (rerun to continue).
 BENCH_QUALITY := $(PY) bench/bench_quality.py --threads 2
 bench-quality: setup
 	$(BENCH_QUALITY) --steering-weights
 	$(BENCH_QUALITY) --relations "left of" "on top of" --seeds 0 --exemplar-sets diverse --variants full --steering-weights 0.1 1
 	$(BENCH_QUALITY) --relations "on top of" --seeds 0 --exemplar-sets diverse --variants full --steering-weights --lr-curve 2.5e-4 6.25e-4
+	$(BENCH_QUALITY) --exemplar-sets diverse --variants full --steering-weights --caption-positives
 	$(PY) bench/plot_quality.py
 	$(PY) bench/quality_tables.py
 

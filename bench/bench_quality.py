@@ -43,6 +43,7 @@ relation and overall, mean and 95% interval over seeds, per variant.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import sys
@@ -261,6 +262,7 @@ def training_runs(args, exemplar_set: str) -> list[tuple]:
     return runs
 
 
+@functools.cache          # training_runs asks once per condition; the captions do not change
 def caption_prepositions() -> tuple[str, ...]:
     """The basis prepositions that are words of the toy model's training captions (20 of the
     56): the only positives whose embedding rows were trained; the others are random rows."""

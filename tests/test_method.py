@@ -232,7 +232,9 @@ def test_steering_positives_can_be_narrowed_for_experiments():
     those words only; the default, the paper's 56, leaves the config's record as it was (so
     checkpoints and relation files made before still match)."""
     class Recording(LinearBackend):
-        drawn: list = []
+        def __init__(self):
+            super().__init__()
+            self.drawn = []
 
         def steering_vocabulary(self, key):
             v = super().steering_vocabulary(key)
@@ -240,7 +242,6 @@ def test_steering_positives_can_be_narrowed_for_experiments():
             v.positive_ids = lambda words: self.drawn.extend(w for ws in words for w in ws) or ids_of(words)
             return v
     narrow, paper = Recording(), Recording()
-    narrow.drawn, paper.drawn = [], []
     latents, templates = torch.randn(2, 4, 2, 2), [["cat {} dog"]] * 2
     trainer.train(narrow, latents, templates, trainer.TrainConfig(steps=30, grad_accum=1, num_positives=2,
                                                              positive_words=("on", "atop", "upon")))
