@@ -17,11 +17,12 @@ $(VENV)/.ready: requirements.txt requirements-host.txt requirements-dev.txt cons
 	$(PIP) -r requirements-host.txt -r requirements.txt -r requirements-dev.txt
 	touch $@
 
-.hosts/.ready: scripts/install_hosts.py $(VENV)/.ready
-	$(PY) scripts/install_hosts.py
+.hosts/.ready: devtools/install_hosts.py $(VENV)/.ready
+	$(PY) -m devtools.install_hosts
 	touch $@
 
 # The whole suite once per host: ComfyUI 0.3.75, then ComfyUI 2024-03 (or COMFYUI_PATH).
+# Tools, the lab and the benchmarks run as modules from this folder (python -m devtools.demo).
 test: setup
 	@set -e; start=$$(date +%s); \
 	for host in $(HOSTS); do \
@@ -44,59 +45,60 @@ test-browser: setup
 	  (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver)
 	@set -e; for host in $(HOSTS); do \
 	  echo "=== browser tests on $$host ==="; \
-	  COMFYUI_PATH=$$host $(PY) -m pytest -q tests_browser; \
+	  COMFYUI_PATH=$$host $(PY) -m pytest -q tests/browser; \
 	done
 
 # Regenerate workflows/*.json + thumbnails and workflows_api/ from a headless host's /object_info
 workflows: setup
-	$(PY) scripts/make_workflows.py
+	$(PY) -m devtools.make_workflows
 
 # Headless ComfyUI runs workflows_api/toyworld_demo.json; writes demo_output/grid.png + report.json
 demo: setup
-	$(PY) scripts/demo.py
+	$(PY) -m devtools.demo
 
-# Re-train the committed toy-world model from scratch (resumable; see BENCHMARKS.md for its time):
+# Re-train the committed toy-world model from scratch (resumable; ~1.4 h on 2 cores, lab/toy_model/NOTES.md):
 # 6000 steps on the default mix, then 2500 steps that show "inside" 4x as often and weigh its
-# inner object's pixels 10x (the inner shape word binds only then; BENCHMARKS.md)
+# inner object's pixels 10x (the inner shape word binds only then)
 toy-model: setup
-	$(PY) scripts/train_toy_model.py --run-dir runs/toy_model --out runs/toy_model/base.safetensors
-	$(PY) scripts/train_toy_model.py --init-weights runs/toy_model/base.safetensors --steps 2500 \
-		--relation-weight inside=6 --inner-weight 10 --run-dir runs/toy_model_inside --out models/toyworld.safetensors
+	$(PY) -m lab.toy_model.train --run-dir runs/toy_model --out runs/toy_model/base.safetensors
+	$(PY) -m lab.toy_model.train --init-weights runs/toy_model/base.safetensors --steps 2500 \
+		--relation-weight inside=6 --inner-weight 10 --run-dir runs/toy_model_inside --out toyworld/toyworld.safetensors
 
 # Experiment: a tint variant of the toy model for the tinted-exemplar confound (not committed;
 # ~15 min on 2 cores from the committed model): skies of grey, pink or mint, the tint named in
-# half the captions. It does not follow its tint word yet (BENCHMARKS.md, "A stronger confound").
+# half the captions. It does not follow its tint word yet (lab/tint/NOTES.md).
 toy-model-tint: setup
-	$(PY) scripts/train_toy_model.py --init-weights models/toyworld.safetensors --steps 1500 --backgrounds \
+	$(PY) -m lab.toy_model.train --init-weights toyworld/toyworld.safetensors --steps 1500 --backgrounds \
 		--inner-weight 10 --run-dir runs/toy_model_tint --out runs/toy_model_tint/toyworld_tint.safetensors
 
-# The toy model's quality gate on every held-out prompt, 2 seeds each; writes bench/results/toy_gate.json
+# The toy model's quality gate on every held-out prompt, 2 seeds each; writes lab/toy_model/results/toy_gate.json
 toy-gate: setup
-	$(PY) scripts/eval_toy_model.py --per-prompt 2 --json bench/results/toy_gate.json
+	$(PY) -m lab.toy_model.gate --per-prompt 2 --json lab/toy_model/results/toy_gate.json
 
 # ReVersion's ablations on the toy world (six relations x diverse and confounded exemplars x
 # 3 seeds x 4 variants, 48 judged images each), then the steering-weight sweep, the steps
-# curve and the caption-positives experiment, all into bench/results/quality.json(l); then the README picture and BENCHMARKS tables.
+# curve and the caption-positives experiment, all into lab/quality/results/quality.json(l); then the
+# README picture and the tables docs/results.md quotes.
 # Hours on 2 CPU cores; resumable (rerun to continue).
-BENCH_QUALITY := $(PY) bench/bench_quality.py --threads 2
+BENCH_QUALITY := $(PY) -m lab.quality.bench_quality --threads 2
 bench-quality: setup
 	$(BENCH_QUALITY) --steering-weights
 	$(BENCH_QUALITY) --relations "left of" "on top of" --seeds 0 --exemplar-sets diverse --variants full --steering-weights 0.1 1
 	$(BENCH_QUALITY) --relations "on top of" --seeds 0 --exemplar-sets diverse --variants full --steering-weights --lr-curve 2.5e-4 6.25e-4
 	$(BENCH_QUALITY) --exemplar-sets diverse --variants full --steering-weights --caption-positives
-	$(PY) bench/plot_quality.py
-	$(PY) bench/quality_tables.py
+	$(PY) -m lab.quality.plot
+	$(PY) -m lab.quality.tables
 
 bench: setup
-	$(PY) bench/bench_train_step.py
+	$(PY) -m bench.bench_train_step
 
 # Full-size SD1.5 (random weights) per memory mode vs the paper's procedure, CPU; writes
-# bench/results/scale.json (~15 min on 1 core). GPU part: $(PY) bench/bench_scale.py gpu
+# bench/results/scale.json (~15 min on 1 core). GPU part: $(PY) -m bench.bench_scale gpu (bench/gpu_session.sh)
 bench-scale: setup
-	$(PY) bench/bench_scale.py cpu
-	$(PY) bench/bench_scale.py estimate
+	$(PY) -m bench.bench_scale cpu
+	$(PY) -m bench.bench_scale estimate
 
-# Wheels of the host dependencies the device machine's image lacks, for scripts/gpu_session.sh
+# Wheels of the host dependencies the device machine's image lacks, for bench/gpu_session.sh
 gpu-wheels: setup
 	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 	  --platform any -d .whl torchsde==0.2.6 trampoline==0.1.2

@@ -1,21 +1,21 @@
 """Full-size SD memory and speed per memory mode, and the ratio to the paper's procedure.
 
-    python bench/bench_scale.py                 # or: make bench-scale  (CPU, ~15 min on 1 core)
-    python bench/bench_scale.py gpu             # on a CUDA machine (scripts/gpu_session.sh; BENCHMARKS.md)
-    python bench/bench_scale.py profile --size 512 --dtype bfloat16   # where an update's time goes (GPU)
-    python bench/bench_scale.py profile --tiny --size 64               # the same on tiny models (CPU, tested)
-    python bench/bench_scale.py text-bytes      # CLIP bytes saved fast vs lean, bytes left by probes (CPU)
-    python bench/bench_scale.py gpu --tiny      # the GPU part on tiny models, runs anywhere (tested)
-    python bench/bench_scale.py cpu --tiny --size 64   # the CPU part on tiny models (seconds)
+    python -m bench.bench_scale                 # or: make bench-scale  (CPU, ~15 min on 1 core)
+    python -m bench.bench_scale gpu             # on a CUDA machine (bench/gpu_session.sh; docs/results.md)
+    python -m bench.bench_scale profile --size 512 --dtype bfloat16   # where an update's time goes (GPU)
+    python -m bench.bench_scale profile --tiny --size 64               # the same on tiny models (CPU, tested)
+    python -m bench.bench_scale text-bytes      # CLIP bytes saved fast vs lean, bytes left by probes (CPU)
+    python -m bench.bench_scale gpu --tiny      # the GPU part on tiny models, runs anywhere (tested)
+    python -m bench.bench_scale cpu --tiny --size 64   # the CPU part on tiny models (seconds)
 
 CPU part (writes bench/results/scale.json): full-size SD1.5 (random weights, ComfyUI's own
-classes: tests/full_models.py) at 256 px, micro-batch 2 x 4 accumulation, fp32, 1 thread
+classes: devtools/full_models.py) at 256 px, micro-batch 2 x 4 accumulation, fp32, 1 thread
 (`--threads`), each row in a fresh process (`cpu-row`):
 - per memory mode (fast with the whole update of 8 in one forward, as auto picks when it
   fits; fast with one micro-batch of 2 per forward; lean; lean split 2 -> 1 + 1): peak
   resident memory above the
   loaded weights during training (Linux VmHWM, reset via /proc/self/clear_refs before
-  it), the adapter's own estimate, seconds per update, FLOPs per update
+  it), the memory plan's own estimate, seconds per update, FLOPs per update
   (torch.utils.flop_counter.FlopCounterMode over one micro-batch, x 4);
 - the reference: the paper's per-update procedure re-implemented here (fp32, exemplars
   VAE-encoded again every micro-batch, the whole token table trainable with every other row
@@ -23,7 +23,7 @@ classes: tests/full_models.py) at 256 px, micro-batch 2 x 4 accumulation, fp32, 
   on the same model, seed, exemplars and random draws: its losses must equal ours, and the
   time ratio ours/reference is reported.
 
-GPU part (`gpu`; scripts/gpu_session.sh runs it on a lent GPU): SD1.5 512 px and SDXL
+GPU part (`gpu`; bench/gpu_session.sh runs it on a lent GPU): SD1.5 512 px and SDXL
 1024 px, micro-batch 2, UNet weights fp32 (text encoder fp32 too: the reference), fp16 and
 bf16 (text encoder as ComfyUI loads it there, fp16); each (model, dtype) in a fresh process.
 Per memory mode (fast, lean, and the whole 2 x 4 update in one fast forward, as auto runs it
@@ -33,7 +33,7 @@ cosine of the <R> gradient to the fp32 model's on the same inputs with the share
 entries that are exactly zero (fp16 underflow). Then 4 whole updates per dtype through
 Train Relation's path (memory=auto) and, on the fp32 weights, the paper's procedure
 (SD1.5 and SDXL): the reference ratio of each dtype's last update. A row's seconds, FLOPs
-and peak include the adapter's per-call set-up (loading check, VAE encode, one probe).
+and peak include train_relation's per-call set-up (loading check, VAE encode, one probe).
 """
 from __future__ import annotations
 
@@ -49,9 +49,7 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
+from devtools.pack import REPO
 GiB = 1024 ** 3
 
 
@@ -88,7 +86,7 @@ def count_flops(fn) -> int:
 
 
 def exemplars_for(size: int, n: int = 2):
-    from reversion import exemplars as ex
+    from comfyui_reversion.reversion import exemplars as ex
     g = torch.Generator().manual_seed(11)
     return ex.Exemplars(torch.rand(n, size, size, 3, generator=g),
                         [["a cat {} a dog", "a photo of a cat {} a dog", "cat {} dog"]] * n)
@@ -105,11 +103,13 @@ def reference_train(model, clip, vae, exemplars, config, update_seconds=None):
     encoded one at a time; every saved activation is cloned (the blanket in-place guard);
     no checkpointing. Returns (per-update losses, seconds); `update_seconds`, if given, gets
     each update's seconds appended."""
-    from reversion import steering, timesteps
-    from reversion_comfy import adapter
-    from reversion.trainer import ExemplarOrder
-    with adapter.training_mode():
-        backend = adapter.ComfyBackend(model, clip, "fast")
+    from comfyui_reversion.reversion import steering, timesteps
+    from comfyui_reversion.reversion.words import STANDIN, fill
+    from comfyui_reversion.reversion_comfy import guards, patches, sampling
+    from comfyui_reversion.reversion_comfy.backend import ComfyBackend
+    from comfyui_reversion.reversion.trainer import ExemplarOrder
+    with guards.training_mode():
+        backend = ComfyBackend(model, clip, "fast")
         backend.prepare()
         # per text encoder (SDXL has two): its whole token table, trainable, in fp32 as the
         # paper trains it; the relation token's row starts as the init word's
@@ -120,7 +120,7 @@ def reference_train(model, clip, vae, exemplars, config, update_seconds=None):
             table = tables[enc.key] = torch.nn.Parameter(embedding.weight.detach().float().clone())
             embedding.weight = table
             originals[enc.key] = table.detach().clone()
-            rids[enc.key] = rid = backend.standin_ids[enc.key]
+            rids[enc.key] = rid = backend.captions.standin_ids[enc.key]
             with torch.no_grad():
                 table[rid] = table[enc.single_id(config.init_word, "init word")]
             keeps[enc.key] = torch.ones(table.shape[0], dtype=torch.bool, device=table.device)
@@ -135,26 +135,26 @@ def reference_train(model, clip, vae, exemplars, config, update_seconds=None):
         dev = backend.device      # the host's compute device: our draws are made on the CPU
         history, start = [], time.perf_counter()
         try:
-            with adapter.memory_efficient_attention():
+            with patches.memory_efficient_attention():
                 for _ in range(config.steps):
                     total = 0.0
                     for _ in range(config.grad_accum):
                         idx = [order.next() for _ in range(config.batch_size)]
-                        captions = [rng.choice(exemplars.templates[i]).replace("{}", adapter.STANDIN) for i in idx]
+                        captions = [fill(rng.choice(exemplars.templates[i]), STANDIN) for i in idx]
                         words = [steering.sample_positive_words(rng, config.num_positives) for _ in idx]
-                        latents = adapter.vae_encode(vae, exemplars.images, config.seed)[idx]   # every micro-batch
+                        latents = sampling.vae_encode(vae, exemplars.images, config.seed)[idx]   # every micro-batch
                         t = sampler.sample(len(idx))
                         noise = torch.randn(latents.shape, generator=gen).to(dev)
-                        with adapter.inplace_safe():
-                            encoded = [clip.encode_from_tokens(backend._tokenize(c), return_pooled=True)
+                        with guards.inplace_safe():
+                            encoded = [clip.encode_from_tokens(backend.captions.tokens(c), return_pooled=True)
                                        for c in captions]
                             cond = torch.cat([c for c, _ in encoded]).to(dev)
                             pooled = None if encoded[0][1] is None else torch.cat([p for _, p in encoded]).to(dev)
                             x0 = model.model.process_latent_in(latents.to(dev))
-                            sigma = adapter.sigma_for_timestep(backend.ms, t.to(dev)).to(x0)
-                            x = adapter.noisy_latent(x0, noise, sigma)
+                            sigma = sampling.sigma_for_timestep(backend.ms, t.to(dev)).to(x0)
+                            x = sampling.noisy_latent(x0, noise, sigma)
                             denoised = model.model.apply_model(x, sigma, **backend.model_conds(cond, pooled, x))
-                        pred, target = adapter.prediction_and_target(backend.ms, x, x0, noise, sigma, denoised)
+                        pred, target = sampling.prediction_and_target(backend.ms, x, x0, noise, sigma, denoised)
                         denoise = torch.nn.functional.mse_loss(pred, target)
                         steer = torch.stack([steering.steering_loss(   # averaged over text encoders
                             tables[enc.key][rids[enc.key]],
@@ -195,10 +195,10 @@ CPU_ROWS = {            # name: (memory mode, updates, exemplars per forward or 
 def cpu_row(name: str, size: int, family: str, threads: int, tiny: bool = False) -> dict:
     """One row of the CPU table, measured in this process: peak RSS above the RSS before
     training, seconds per update (each update timed), losses, FLOPs per update."""
-    import full_models
-    import tiny_models
-    from reversion.trainer import TrainConfig
-    from reversion_comfy import adapter
+    from devtools import full_models
+    from devtools import tiny_models
+    from comfyui_reversion.reversion.trainer import TrainConfig
+    from comfyui_reversion.reversion_comfy import training
     torch.set_num_threads(threads)
     memory, updates, split = CPU_ROWS[name]
     t0 = time.perf_counter()
@@ -208,30 +208,24 @@ def cpu_row(name: str, size: int, family: str, threads: int, tiny: bool = False)
     config = TrainConfig(steps=updates, batch_size=2, grad_accum=4, seed=2023)
     update_seconds: list[float] = []
     row = {"build_seconds": round(built, 1)}
-    if split:   # force the split through the estimate: pretend only the lean piece of `split` fits
-        real = adapter.choose_memory
-        adapter.choose_memory = lambda req, est, free, batch, px, micro=None: real(
-            req, est, est.needed("lean", split, px) + 1, batch, px, micro)
-    try:
-        with torch.inference_mode():
-            base = rss_peak_reset()
-            if memory is None:
-                losses, seconds = reference_train(model, clip, vae, exemplars, config, update_seconds)
-            else:
-                last = [time.perf_counter()]
+    with torch.inference_mode():
+        base = rss_peak_reset()
+        if memory is None:
+            losses, seconds = reference_train(model, clip, vae, exemplars, config, update_seconds)
+        else:
+            last = [time.perf_counter()]
 
-                def tick(step, total, record, vectors):
-                    now = time.perf_counter()
-                    update_seconds.append(now - last[0])
-                    last[0] = now
-                result = adapter.train_relation(model, clip, vae, exemplars, config, tick, memory=memory)
-                losses, seconds = [r["loss"] for r in result.history], result.seconds
-                mode = result.memory["mode"]
-                row.update(plan=result.memory, estimate_gib=result.memory["planned_gib"])
-            row["peak_gib"] = round((rss_peak() - base) / GiB, 3)
-    finally:
-        if split:
-            adapter.choose_memory = real
+            def tick(step, total, record, vectors):
+                now = time.perf_counter()
+                update_seconds.append(now - last[0])
+                last[0] = now
+            # split: at most `split` exemplars per forward (the lean plan then splits each micro-batch)
+            result = training.train_relation(model, clip, vae, exemplars, config, tick, memory=memory,
+                                             max_per_forward=split)
+            losses, seconds = [r["loss"] for r in result.history], result.seconds
+            mode = result.memory["mode"]
+            row.update(plan=result.memory, estimate_gib=result.memory["planned_gib"])
+        row["peak_gib"] = round((rss_peak() - base) / GiB, 3)
     if memory is None:
         flops = count_flops(lambda: reference_train(model, clip, vae, exemplars,
                                                     TrainConfig(steps=1, batch_size=2, grad_accum=1, seed=2023)))
@@ -253,9 +247,9 @@ def cpu_part(size: int, out: Path, family: str = "sd1", threads: int = 1, tiny: 
     for name in CPU_ROWS:
         with tempfile.TemporaryDirectory() as tmp:
             part = Path(tmp) / "row.json"
-            cmd = [sys.executable, str(Path(__file__).resolve()), "cpu-row", "--row", name, "--size", str(size),
+            cmd = [sys.executable, "-m", "bench.bench_scale", "cpu-row", "--row", name, "--size", str(size),
                    "--family", family, "--threads", str(threads), "--out", str(part)] + (["--tiny"] if tiny else [])
-            subprocess.run(cmd, check=True)
+            subprocess.run(cmd, check=True, cwd=REPO)
             rows[name] = json.loads(part.read_text())
         print(name, {k: v for k, v in rows[name].items() if k != "plan"}, flush=True)
     ref, fast, whole = rows.pop("reference"), rows["fast"], rows["fast, whole update (auto)"]
@@ -290,12 +284,13 @@ def cpu_part(size: int, out: Path, family: str = "sd1", threads: int = 1, tiny: 
 def training_backend(model, clip, memory: str):
     """A prepared `ComfyBackend` as `train_relation` sets one up (training mode, host weights
     frozen, SDPA attention), closed after the block."""
-    from reversion_comfy import adapter
-    with torch.inference_mode(), adapter.training_mode():
-        backend = adapter.ComfyBackend(model, clip, memory)
+    from comfyui_reversion.reversion_comfy import guards, patches
+    from comfyui_reversion.reversion_comfy.backend import ComfyBackend
+    with torch.inference_mode(), guards.training_mode():
+        backend = ComfyBackend(model, clip, memory)
         backend.prepare()
         try:
-            with adapter.frozen_weights(model.model, clip.cond_stage_model), adapter.memory_efficient_attention():
+            with guards.frozen_weights(model.model, clip.cond_stage_model), patches.memory_efficient_attention():
                 yield backend
         finally:
             backend.close()
@@ -303,16 +298,18 @@ def training_backend(model, clip, memory: str):
 
 def run_micro_batch(model, clip, vae, exemplars, mode, chunk):
     """One forward + backward of all `exemplars` (a micro-batch of 2, or a whole update of
-    8) through the adapter in `mode`, in forwards of `chunk`."""
-    from reversion_comfy import adapter
+    8) through the ComfyUI backend in `mode`, in forwards of `chunk`."""
+    from comfyui_reversion.reversion.words import STANDIN
+    from comfyui_reversion.reversion_comfy import sampling
+    from comfyui_reversion.reversion_comfy.memory import MemoryPlan
     with training_backend(model, clip, "fast") as backend:
-        latents = adapter.vae_encode(vae, exemplars.images, 0)
+        latents = sampling.vae_encode(vae, exemplars.images, 0)
         n = latents.shape[0]
-        backend.plan_memory(latents, f"a cat {adapter.STANDIN} a dog", n)
-        backend.plan = adapter.MemoryPlan(mode, chunk, n, mode, {}, None)
+        backend.plan_memory(latents, f"a cat {STANDIN} a dog", n)
+        backend.plan = MemoryPlan(mode, chunk, n, mode, {}, None)
         vectors = {k: torch.nn.Parameter(v) for k, v in backend.initial_vectors("and").items()}
         g = torch.Generator().manual_seed(0)
-        loss = backend.denoising_loss(vectors, latents, [f"a cat {adapter.STANDIN} a dog"] * n,
+        loss = backend.denoising_loss(vectors, latents, [f"a cat {STANDIN} a dog"] * n,
                                       torch.tensor([500, 900] * (n // 2)), torch.randn(latents.shape, generator=g))
         loss.backward()
     return vectors
@@ -331,14 +328,16 @@ def auto_table(memory: dict, size: int) -> dict:
 # ----------------------------------------------------------------- the auto choice, GPU sizes
 
 def estimate_part(out: Path, families=("sd1", "sdxl")):
-    """The adapter's memory estimate (two probe forwards) for SD1.5 at 512 px and SDXL at
+    """The memory plan's estimate (two probe forwards) for SD1.5 at 512 px and SDXL at
     1024 px, micro-batch 2, UNet weights fp16 computing in fp16 (no manual cast, as on a
     GPU), CLIP stored fp16 and computed fp32 (as ComfyUI runs it on a GPU: the casts of its
     weights are saved for backward); and what auto would choose with 8/12/16/24 GiB cards,
     where free = card - weights - 1 GiB (ComfyUI's own reserve and the CUDA context; an
     assumption)."""
-    import full_models
-    from reversion_comfy import adapter
+    from devtools import full_models
+    from comfyui_reversion.reversion.errors import NotEnoughMemory
+    from comfyui_reversion.reversion.words import STANDIN
+    from comfyui_reversion.reversion_comfy.memory import choose_memory
     torch.set_num_threads(1)
     report = {"assumption": "free = card - weights - 1 GiB; estimates from CPU probes, UNet fp16, "
                             "CLIP stored fp16 and computed fp32 (as on a GPU)",
@@ -348,7 +347,7 @@ def estimate_part(out: Path, families=("sd1", "sdxl")):
             model, clip, vae = full_models.build(family, unet_dtype=torch.float16)
         weights = sum(bytes_by_dtype(model.model, clip.cond_stage_model).values())
         with training_backend(model, clip, "auto") as backend:
-            backend.plan_memory(torch.zeros(2, 4, size // 8, size // 8), f"a cat {adapter.STANDIN} a dog", 2)
+            backend.plan_memory(torch.zeros(2, 4, size // 8, size // 8), f"a cat {STANDIN} a dog", 2)
         needed = backend.plan.needed
         row = {"size": size, "weights_gib": round(weights / GiB, 2),
                "needed_gib": {k: round(v / GiB, 2) for k, v in needed.items()},
@@ -363,9 +362,9 @@ def estimate_part(out: Path, families=("sd1", "sdxl")):
         for card in (8, 12, 16, 24):
             free = int((card - 1) * GiB - weights)
             try:
-                plan = adapter.choose_memory("auto", estimate, free, 8, (size // 8) ** 2, micro=2)
+                plan = choose_memory("auto", estimate, free, 8, (size // 8) ** 2, micro=2)
                 row["choice"][f"{card} GiB"] = f"{plan.mode}, {plan.chunk} per forward"
-            except adapter.RelationError:
+            except NotEnoughMemory:
                 row["choice"][f"{card} GiB"] = "refused before training"
         report["models"][family] = row
         print(family, row, flush=True)
@@ -382,11 +381,11 @@ def text_bytes_part(out: Path, families=("sd1", "sdxl"), tiny: bool = False) -> 
     casts) against lean (CLIP layers checkpointed: their inputs only); and the tensor bytes
     still reachable after a whole `plan_memory` (two probe forwards never run backward:
     a saved-tensor hook that keeps a node's output alive leaked them, see SavedTensorGuard)."""
-    import full_models
-    import tiny_models
-    from reversion_comfy import adapter
+    from devtools import full_models
+    from devtools import tiny_models
+    from comfyui_reversion.reversion.words import STANDIN
     report = {"what": "GiB; UNet fp16, CLIP stored fp16 and computed fp32; latent 8x8", "models": {}}
-    caption = f"a cat {adapter.STANDIN} a dog"
+    caption = f"a cat {STANDIN} a dog"
     for family in families:
         with comfy_flag("fp16_text_enc", True):
             model, clip, vae = (tiny_models if tiny else full_models).build(family, unet_dtype=torch.float16)
@@ -428,7 +427,7 @@ def reachable_tensor_bytes() -> int:
 
 # ------------------------------------------------------------------------------ GPU part
 
-GPU_MODES = (           # (row, adapter mode, micro-batches in the one forward)
+GPU_MODES = (           # (row, memory mode, micro-batches in the one forward)
     ("fast", "fast", 1),
     ("lean", "lean", 1),
     ("fast, whole update", "fast", 4),   # the 2 x 4 update in one forward, as auto runs it when it fits
@@ -453,10 +452,10 @@ def gpu_part(out: Path, tiny: bool = False):
             reference = None
             for dtype in dtypes:
                 part = Path(tmp) / f"{family}_{dtype}.json"
-                cmd = [sys.executable, str(Path(__file__).resolve()), "gpu-case", "--family", family,
+                cmd = [sys.executable, "-m", "bench.bench_scale", "gpu-case", "--family", family,
                        "--size", str(size), "--dtype", dtype, "--grads", str(Path(tmp) / f"{family}_grads.pt"),
                        "--out", str(part)] + (["--tiny"] if tiny else [])
-                failed = subprocess.run(cmd).returncode != 0
+                failed = subprocess.run(cmd, cwd=REPO).returncode != 0
                 case = json.loads(part.read_text()) if part.is_file() else {"rows": [], "updates": None}
                 report["rows"] += case["rows"]
                 if failed or case["updates"] is None:
@@ -482,8 +481,8 @@ def gpu_case(family: str, size: int, batch: int, dtype_name: str, grads_path: Pa
     a warm-up run (kernel choice, loading), peak memory above what was allocated before it
     (the loaded weights), FLOPs, the <R> gradient (and its cosine to the fp32 case's, read
     from `grads_path`; the fp32 case writes it); then whole updates timed one by one."""
-    import full_models
-    import tiny_models
+    from devtools import full_models
+    from devtools import tiny_models
     cuda = torch.cuda.is_available()
     dtype = getattr(torch, dtype_name)
     model, clip, vae = build_for_gpu(tiny_models if tiny else full_models, family, dtype)
@@ -495,21 +494,21 @@ def gpu_case(family: str, size: int, batch: int, dtype_name: str, grads_path: Pa
     def sync():
         if cuda:
             torch.cuda.synchronize()
-    for mode, adapter_mode, micro_batches in GPU_MODES:
+    for mode, memory_mode, micro_batches in GPU_MODES:
         n = batch * micro_batches
         exemplars = exemplars_for(size, n)
-        run_micro_batch(model, clip, vae, exemplars, adapter_mode, n)      # warm-up
+        run_micro_batch(model, clip, vae, exemplars, memory_mode, n)      # warm-up
         sync()
         if cuda:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated() if cuda else 0
         t = time.perf_counter()
-        vectors = run_micro_batch(model, clip, vae, exemplars, adapter_mode, n)
+        vectors = run_micro_batch(model, clip, vae, exemplars, memory_mode, n)
         sync()
         seconds = time.perf_counter() - t
         peak = torch.cuda.max_memory_allocated() if cuda else 0
-        flops = count_flops(lambda: run_micro_batch(model, clip, vae, exemplars, adapter_mode, n))
+        flops = count_flops(lambda: run_micro_batch(model, clip, vae, exemplars, memory_mode, n))
         row = {"family": family, "size": size, "dtype": dtype_name, "mode": mode, "exemplars": n,
                "weights_gib": round(weights / GiB, 3),
                "clip_weights_gib_by_dtype": {k: round(v / GiB, 3) for k, v in clip_bytes.items()},
@@ -552,11 +551,11 @@ def profile_part(out: Path, family: str, size: int, dtype_name: str, tiny: bool,
     `float(t)`, copies to the CPU) and the top ops; then the whole update's forward +
     backward alone, per PROFILE_VARIANTS, each timed 3 times after a warm-up, with the
     saved-tensor hooks' calls and their own (Python) seconds."""
-    import full_models
-    import tiny_models
+    from devtools import full_models
+    from devtools import tiny_models
     from torch.profiler import ProfilerActivity, profile
-    from reversion.trainer import TrainConfig
-    from reversion_comfy import adapter
+    from comfyui_reversion.reversion.trainer import TrainConfig
+    from comfyui_reversion.reversion_comfy import training
     cuda = torch.cuda.is_available()
     dtype = getattr(torch, dtype_name)
     model, clip, vae = build_for_gpu(tiny_models if tiny else full_models, family, dtype)
@@ -580,7 +579,7 @@ def profile_part(out: Path, family: str, size: int, dtype_name: str, tiny: bool,
     sync()
     stamps.append(time.perf_counter())
     with torch.inference_mode():
-        result = adapter.train_relation(model, clip, vae, exemplars, config, tick, memory="auto")
+        result = training.train_relation(model, clip, vae, exemplars, config, tick, memory="auto")
     events = prof.key_averages()
 
     def device_us(e):
@@ -623,11 +622,12 @@ def forward_backward_variants(model, clip, vae, exemplars, sync, reps: int = 3) 
     loop), in one forward of all exemplars, per PROFILE_VARIANTS: seconds of each of `reps`
     runs after a warm-up, and the guard's pack/unpack calls and seconds in them per run (the
     Python cost of the in-place guard, on the CPU's critical path)."""
-    from reversion_comfy import adapter
+    from comfyui_reversion.reversion.words import STANDIN
+    from comfyui_reversion.reversion_comfy import sampling
     out = {}
-    caption = f"a cat {adapter.STANDIN} a dog"
+    caption = f"a cat {STANDIN} a dog"
     with training_backend(model, clip, "fast") as backend:
-        latents = adapter.vae_encode(vae, exemplars.images, 0)
+        latents = sampling.vae_encode(vae, exemplars.images, 0)
         n = latents.shape[0]
         g = torch.Generator().manual_seed(0)
         t, noise = torch.tensor([500, 900] * (n // 2)), torch.randn(latents.shape, generator=g)
@@ -707,8 +707,8 @@ def timed_updates(model, clip, vae, size, dtype, cuda, updates=4) -> dict:
     """Whole updates (2 x 4) timed one by one (the first also warms up): Train Relation's
     path with memory=auto in `dtype`, and with fp32 weights also the paper's procedure
     (reference_train) on the same model."""
-    from reversion.trainer import TrainConfig
-    from reversion_comfy import adapter
+    from comfyui_reversion.reversion.trainer import TrainConfig
+    from comfyui_reversion.reversion_comfy import training
     config = TrainConfig(steps=updates, batch_size=2, grad_accum=4, seed=2023)
     exemplars = exemplars_for(size)
 
@@ -733,7 +733,7 @@ def timed_updates(model, clip, vae, size, dtype, cuda, updates=4) -> dict:
     sync()
     last[0] = time.perf_counter()
     with torch.inference_mode():
-        result = adapter.train_relation(model, clip, vae, exemplars, config, tick, memory="auto")
+        result = training.train_relation(model, clip, vae, exemplars, config, tick, memory="auto")
     out.update(plan=result.memory, update_seconds=[round(t, 3) for t in seconds],
                losses=[r["loss"] for r in result.history],
                max_memory_allocated_gib=round(torch.cuda.max_memory_allocated() / GiB, 3) if cuda else None)
@@ -752,8 +752,8 @@ def main():
     p.add_argument("--grads", type=Path, help="gpu-case: the fp32 case's gradients (written by it, read by others)")
     p.add_argument("--out", type=Path)
     args = p.parse_args()
-    from reversion_comfy import standalone
-    standalone.import_comfy("cpu" if args.part.startswith("cpu") or not torch.cuda.is_available() else "cuda")
+    from devtools import host
+    host.import_comfy("cpu" if args.part.startswith("cpu") or not torch.cuda.is_available() else "cuda")
     if args.part == "cpu":
         cpu_part(args.size, args.out or REPO / "bench" / "results" / "scale.json", args.family or "sd1",
                  args.threads, args.tiny)

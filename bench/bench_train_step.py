@@ -1,26 +1,20 @@
 """Seconds per training update of Train Relation on the tiny test models and the toy model.
 
-    python bench/bench_train_step.py [--updates 10]      # or: make bench
+    python -m bench.bench_train_step [--updates 10]      # or: make bench
 
 One update = `grad_accum` micro-batches of `batch_size` exemplars (here 1 x 2, and the
 paper's 4 x 2), each: CLIP encode with the injected vector, UNet forward + backward,
 steering loss. Runs on the host named by COMFYUI_PATH (default: the bundled 0.3.75), on the
-CPU unless --device cuda. Prints a table; record results in BENCHMARKS.md.
+CPU unless --device cuda. Prints a table; today's figures are in docs/results.md.
 """
 from __future__ import annotations
 
 import argparse
 import platform
 import resource
-import sys
 import time
-from pathlib import Path
 
 import torch
-
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
 
 
 def main():
@@ -30,13 +24,14 @@ def main():
     p.add_argument("--models", default="sd1,sd2v,sdxl,toy")
     args = p.parse_args()
 
-    from reversion_comfy import standalone
-    host = standalone.import_comfy(args.device)
-    import tiny_models
-    from reversion import exemplars as ex
-    from reversion import toyworld
-    from reversion.trainer import TrainConfig
-    from reversion_comfy import adapter, toy_model
+    from devtools import host as dev_host
+    host = dev_host.import_comfy(args.device)
+    from comfyui_reversion import toyworld
+    from comfyui_reversion.reversion import exemplars as ex
+    from comfyui_reversion.reversion.trainer import TrainConfig
+    from comfyui_reversion.reversion_comfy.training import train_relation
+    from comfyui_reversion.toyworld import model as toy_model
+    from devtools import tiny_models
 
     print(f"host {host.name}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{platform.processor() or platform.machine()}, device {args.device}")
@@ -51,8 +46,8 @@ def main():
                 exemplars = ex.Exemplars(torch.rand(4, 64, 64, 3), [["a cat {} a dog"]] * 4)
             for accum, batch in ((1, 2), (4, 2)):
                 def run(updates):
-                    return adapter.train_relation(model, clip, vae, exemplars,
-                                                  TrainConfig(steps=updates, grad_accum=accum, batch_size=batch))
+                    return train_relation(model, clip, vae, exemplars,
+                                          TrainConfig(steps=updates, grad_accum=accum, batch_size=batch))
                 run(2)                                    # warm-up: loading, first-call overheads
                 t = time.perf_counter()
                 run(args.updates)

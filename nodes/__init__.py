@@ -1,5 +1,5 @@
-"""Thin V1 node classes: unpack inputs, call `reversion` (method) and `reversion_comfy`
-(host adapter), pack outputs. V1 classes load in every ComfyUI version."""
+"""Thin V1 node classes: unpack inputs, call `reversion` (the method) and `reversion_comfy`
+(the host side), pack outputs. V1 classes load in every ComfyUI version."""
 from . import exemplar_nodes, relation_nodes, toyworld_nodes, train_nodes
 
 _MODULES = (exemplar_nodes, train_nodes, relation_nodes, toyworld_nodes)

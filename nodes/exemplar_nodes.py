@@ -3,48 +3,12 @@ from __future__ import annotations
 
 import os
 
-from reversion import exemplars as ex
+from ..reversion import exemplars as ex
+from ..reversion_comfy import store
 
 CATEGORY = "ReVersion"
 SIZE_TOOLTIP = ("Square side the exemplars are resized to (bicubic, no flip): 512 for SD1.x, "
                 "768 for SD2.x-v, 1024 for SDXL, 256 for the toy world.")
-
-
-# Server setting (never a node input): extra folders, outside ComfyUI's input folder, that
-# Load Exemplars may read. os.pathsep-separated absolute paths, e.g. "/data/exemplars".
-ROOTS_VARIABLE = "REVERSION_EXEMPLAR_ROOTS"
-
-
-def allowed_roots() -> list[str]:
-    import folder_paths
-    roots = [folder_paths.get_input_directory()]
-    roots += [r for r in os.environ.get(ROOTS_VARIABLE, "").split(os.pathsep) if r.strip()]
-    return [os.path.realpath(r) for r in roots]
-
-
-def _inside(path: str, root: str) -> bool:
-    try:
-        return os.path.commonpath([path, root]) == root
-    except ValueError:          # different drives (Windows)
-        return False
-
-
-def resolve_folder(folder: str) -> str:
-    """The folder, relative to ComfyUI's input folder (or absolute), refused unless it lies
-    inside the input folder or a folder the server allows through $REVERSION_EXEMPLAR_ROOTS.
-    Whoever can reach /prompt must not get listings of the server's other folders."""
-    import folder_paths
-    folder = folder.strip().strip('"')
-    if not folder:
-        raise ex.ExemplarError("no exemplar folder given; type a folder inside ComfyUI's input folder "
-                               "(e.g. 'painted_on')")
-    path = os.path.realpath(os.path.join(folder_paths.get_input_directory(), folder))   # absolute stays absolute
-    if not any(_inside(path, root) for root in allowed_roots()):
-        raise ex.ExemplarError(
-            f"exemplar folder {folder!r} is outside ComfyUI's input folder; put the exemplars in "
-            f"input/<folder> (e.g. input/painted_on), or have the server allow another folder by "
-            f"setting {ROOTS_VARIABLE}=/absolute/path before starting ComfyUI")
-    return path
 
 
 class LoadExemplars:
@@ -69,14 +33,14 @@ class LoadExemplars:
     @classmethod
     def IS_CHANGED(cls, folder, size, center_crop, template=""):
         try:
-            path = resolve_folder(folder)
+            path = store.exemplar_folder(folder)
             stats = [(f, os.stat(os.path.join(path, f))) for f in sorted(os.listdir(path))]
             return str([(f, st.st_mtime_ns, st.st_size) for f, st in stats])
         except (OSError, ValueError):
             return float("nan")
 
     def load(self, folder, size, center_crop, template=""):
-        exemplars = ex.load_folder(resolve_folder(folder), size, center_crop, template)
+        exemplars = ex.load_folder(store.exemplar_folder(folder), size, center_crop, template)
         return (exemplars, exemplars.images)
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 import logging
 import os
 
-from reversion import relation_file as rf
-from reversion_comfy import adapter
-
-from . import written_files
+from ..reversion import relation_file as rf
+from ..reversion.errors import RelationFileError
+from ..reversion_comfy import store
+from ..reversion_comfy.text import encode_with_relation
 
 CATEGORY = "ReVersion"
 NO_FILES = "(no relation files yet)"
@@ -32,7 +32,7 @@ class RelationTextEncode:
         }}
 
     def encode(self, clip, relation, text):
-        return (adapter.encode_with_relation(clip, relation, text),)
+        return (encode_with_relation(clip, relation, text),)
 
 
 class SaveRelation:
@@ -47,22 +47,22 @@ class SaveRelation:
     def INPUT_TYPES(cls):
         return {"required": {
             "relation": ("RELATION", {"tooltip": "The relation to save."}),
-            "name": ("STRING", {"default": "relation", "tooltip": "File name in models/embeddings: " + rf.NAME_RULE + "."}),
+            "name": ("STRING", {"default": "relation", "tooltip": "File name in models/embeddings: " + store.NAME_RULE + "."}),
             "overwrite": ("BOOLEAN", {"default": False, "tooltip": "Replace an existing file of this name."}),
         }}
 
     @classmethod
     def VALIDATE_INPUTS(cls, name, overwrite):
         """At queue time: a taken name fails before the upstream training runs, not after it."""
-        return written_files.queue_check(name, overwrite)
+        return store.queue_check(name, overwrite)
 
     @classmethod
     def IS_CHANGED(cls, name, **_):
-        return written_files.is_changed(name)
+        return store.is_changed(name)
 
     def save(self, relation, name, overwrite):
-        path = written_files.claim(name, overwrite)
-        written_files.save_relation(relation, path, overwrite)
+        path = store.claim(name, overwrite)
+        store.save_relation(relation, path, overwrite)
         text = f"saved {path.name} (embedding:{path.stem})"
         logging.getLogger("ReVersion").info("[ReVersion] Save Relation: wrote %s", path)
         return {"ui": {"text": [text]}}
@@ -78,26 +78,21 @@ class LoadRelation:
 
     @classmethod
     def INPUT_TYPES(cls):
-        import folder_paths
-        files = [f for f in folder_paths.get_filename_list("embeddings")
-                 if f.lower().endswith((".safetensors", ".bin", ".pt"))]
         # an empty list shows as "undefined" in the front end: offer a placeholder that explains
-        return {"required": {"relation_file": (sorted(files) or [NO_FILES], {"tooltip": "A file in models/embeddings (press R in the window to refresh the list)."})}}
+        return {"required": {"relation_file": (store.relation_files() or [NO_FILES], {"tooltip": "A file in models/embeddings (press R in the window to refresh the list)."})}}
 
     @classmethod
     def IS_CHANGED(cls, relation_file):
-        import folder_paths
-        path = folder_paths.get_full_path("embeddings", relation_file)
+        path = store.relation_file_path(relation_file)
         return os.path.getmtime(path) if path else float("nan")
 
     def load(self, relation_file):
-        import folder_paths
-        path = folder_paths.get_full_path("embeddings", relation_file)
         if relation_file == NO_FILES:
-            raise rf.RelationFileError("no relation files in models/embeddings yet: run Train Relation "
-                                       "(or copy a file there), then press R to refresh the list")
+            raise RelationFileError("no relation files in models/embeddings yet: run Train Relation "
+                                    "(or copy a file there), then press R to refresh the list")
+        path = store.relation_file_path(relation_file)
         if path is None:
-            raise rf.RelationFileError(f"relation file {relation_file!r} not found in models/embeddings")
+            raise RelationFileError(f"relation file {relation_file!r} not found in models/embeddings")
         return (rf.load(path),)
 
 

@@ -1,8 +1,9 @@
 """Toy World Model and Toy World Exemplars: the embedded default (no downloads)."""
 from __future__ import annotations
 
-from reversion import toyworld
-from reversion.toyworld import scenes
+from .. import toyworld
+from ..reversion_comfy import store
+from ..toyworld import model, scenes
 
 CATEGORY = "ReVersion/toy world"
 
@@ -20,9 +21,7 @@ class ToyWorldModel:
         return {"required": {}}
 
     def load(self):
-        import folder_paths
-        from reversion_comfy import toy_model
-        return toy_model.load(embedding_directory=folder_paths.get_folder_paths("embeddings"))
+        return model.load(embedding_directory=store.embeddings_folders())
 
 
 class ToyWorldExemplars:

@@ -6,25 +6,23 @@ two random generators and of the exemplar order, plus what the run must match to
 continued (the exemplar fingerprint and every hyperparameter but `steps`). Resuming from it
 on the same machine gives the same vectors, bit for bit on a CPU, as the uninterrupted run.
 
-Files are plain tensors, lists and numbers written with `torch.save` (atomically) and read
-with `torch.load(weights_only=True)`: no arbitrary unpickling.
+Files are plain tensors, lists and numbers serialised with `torch.save` (`to_bytes`) and
+read with `torch.load(weights_only=True)`: no arbitrary unpickling. Where a checkpoint is
+written, and when one may be replaced, is `reversion_comfy/store.py`'s business.
 """
 from __future__ import annotations
 
 import hashlib
-import os
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from .errors import CheckpointError
+
 FORMAT = 1
-SUFFIX = ".resume"       # not a ComfyUI embedding extension: never listed as an embedding
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used for this run; the message names the fix."""
 
 
 def fingerprint(images: torch.Tensor, templates: list[list[str]]) -> str:
@@ -35,11 +33,6 @@ def fingerprint(images: torch.Tensor, templates: list[list[str]]) -> str:
     h.update(images.detach().float().contiguous().cpu().numpy().tobytes())
     h.update(repr(templates).encode())
     return h.hexdigest()[:16]
-
-
-def path_for(relation_path: str | Path) -> Path:
-    """The checkpoint beside a relation file: painted_on.safetensors -> painted_on.resume."""
-    return Path(relation_path).with_suffix(SUFFIX)
 
 
 @dataclass
@@ -94,17 +87,11 @@ def _as_tuples(x):
     return tuple(_as_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
-def save(state: dict, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        torch.save({"format": FORMAT, **state}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+def to_bytes(state: dict) -> bytes:
+    """A checkpoint (a `snapshot`) as the bytes of its file."""
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, **state}, buffer)
+    return buffer.getvalue()
 
 
 def load(path: str | Path) -> dict:
@@ -122,16 +109,9 @@ def load(path: str | Path) -> dict:
     return state
 
 
-def unfinished(path: str | Path) -> tuple[int, int] | None:
-    """(updates done, updates asked for) of a checkpoint that a cancelled or failed run left;
-    None if there is none or its run finished (its end state may be replaced freely: the
-    relation file it led to is protected on its own)."""
-    try:
-        state = load(path)
-    except CheckpointError:
-        return None if not Path(path).exists() else (0, 0)
-    done, total = int(state["step"]), int(state["config"]["steps"])
-    return (done, total) if done < total else None
+def progress(state: dict) -> tuple[int, int]:
+    """(updates done, updates asked for) of a loaded checkpoint."""
+    return int(state["step"]), int(state["config"]["steps"])
 
 
 def check_compatible(state: dict, config: dict, fingerprint_: str) -> None:

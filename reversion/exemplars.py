@@ -21,15 +21,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import ExemplarError
+from .words import SLOT
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".tif", ".tiff", ".webp")
 TEXT_FILE = "text.json"
-SLOT = "{}"
 MAX_NAMED = 3             # error messages name at most this many files, never a listing
-
-
-class ExemplarError(ValueError):
-    """Bad exemplar input; the message names the problem and the fix."""
 
 
 @dataclass
@@ -86,7 +85,6 @@ def parse_templates(text: str) -> list[str]:
 def to_rgb(image):
     """Any PIL image -> 8-bit RGB as a person sees it: EXIF orientation applied, 16/32-bit
     greyscale scaled (Pillow's convert() clips it to white), transparency over white."""
-    from PIL import Image, ImageOps
     image = ImageOps.exif_transpose(image)
     if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         values = np.asarray(image, dtype=np.float64)
@@ -100,7 +98,6 @@ def to_rgb(image):
 
 def to_square(image, size: int, center_crop: bool = False):
     """PIL image -> size x size RGB, bicubic (aspect ratio not kept unless centre-cropped)."""
-    from PIL import Image
     image = to_rgb(image)
     if center_crop:
         w, h = image.size
@@ -119,7 +116,6 @@ def _to_tensor(images) -> torch.Tensor:
 def load_folder(folder: str | Path, size: int = 512, center_crop: bool = False,
                 template: str = "") -> Exemplars:
     """Exemplars from a folder of images plus `text.json`, or plus one shared `template`."""
-    from PIL import Image, UnidentifiedImageError
     folder = Path(folder)
     if not folder.is_dir():
         raise ExemplarError(f"exemplar folder not found: {folder}")
@@ -202,7 +198,6 @@ def from_images(images: torch.Tensor, templates: list[str], size: int | None = N
                             f"images or one line per image")
     images = images[..., :3].float().clamp(0, 1)
     if size is not None and (images.shape[1] != size or images.shape[2] != size or center_crop):
-        from PIL import Image
         pil = [Image.fromarray((im.cpu().numpy() * 255).round().astype(np.uint8)) for im in images]
         images = _to_tensor([to_square(im, size, center_crop) for im in pil])
     return Exemplars(images.contiguous(), per_image, [f"image {i}" for i in range(n)])

@@ -1,4 +1,4 @@
-"""The relation file: one learned token, loadable by stock ComfyUI as `embedding:name`.
+"""The relation file format: one learned token, loadable by stock ComfyUI as `embedding:name`.
 
 Layout (safetensors):
 - one text encoder (SD1.x, SD2.x, toy): `emb_params` [1, D], the ComfyUI/A1111 key that
@@ -7,28 +7,28 @@ Layout (safetensors):
 - metadata (strings): placeholder, init word, model family and encoder widths, steps,
   hyperparameters, final losses, the vocabulary words nearest to the vector, pack version.
 
-Also reads the official ReVersion `learned_embeds.bin` (`{"<R>": tensor[768]}`) and A1111
-`.pt` embeddings, with `torch.load(weights_only=True)`: plain tensors only, no arbitrary
-unpickling.
+`to_bytes` serialises a relation (the same relation, the same bytes); where files go and
+whether one may be replaced is `reversion_comfy/store.py`'s business. `load` also reads the
+official ReVersion `learned_embeds.bin` (`{"<R>": tensor[768]}`) and A1111 `.pt`
+embeddings, with `torch.load(weights_only=True)`: plain tensors only, no arbitrary unpickling.
 """
 from __future__ import annotations
 
 import json
-import os
-import re
+import pickle
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+
+from .errors import RelationFileError
+from .words import PLACEHOLDER
 
 PACK_VERSION = "0.1.0"
-PLACEHOLDER = "<R>"
 SINGLE_KEY = "emb_params"
 META = "reversion."
-# No spaces: stock prompts read `embedding:name` up to the next space. ASCII only, 64 at most.
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
-NAME_RULE = ("1-64 characters: ASCII letters, digits, '_', '-' or '.', starting with a letter or digit; "
-             "no spaces (a prompt could not say embedding:<name>) and no folders")
 # Token embeddings of real text encoders stay within about +-1 (CLIP-L rows: norm ~0.4); a
 # vector far outside that is a broken file and samples as noise or black, so it is refused.
 MAX_ABS_VALUE = 100.0
@@ -40,10 +40,6 @@ FAMILIES = {
     "SDXL": {"clip_l": 768, "clip_g": 1280},
     "toy world": {"clip_l": 128},
 }
-
-
-class RelationFileError(ValueError):
-    """A relation file or name that cannot be used; the message names the fix."""
 
 
 def family_name(widths: dict[str, int]) -> str:
@@ -104,29 +100,8 @@ def check_vector(t, where: str) -> torch.Tensor:
     return t
 
 
-def check_name(name: str) -> str:
-    """A relation name that works as `embedding:name` and stays inside the embeddings folder."""
-    name = name.strip()
-    if name.endswith(".safetensors"):
-        name = name[: -len(".safetensors")]
-    if not NAME_PATTERN.match(name) or ".." in name:
-        raise RelationFileError(f"invalid relation name {name!r}: use {NAME_RULE}, e.g. 'painted_on'")
-    return name
-
-
-def path_in(directory: str | Path, name: str) -> Path:
-    directory = Path(directory).resolve()
-    path = (directory / f"{check_name(name)}.safetensors").resolve()
-    if path.parent != directory:
-        raise RelationFileError(f"relation name {name!r} escapes {directory}")
-    return path
-
-
-def save(relation: Relation, path: str | Path, overwrite: bool = False) -> Path:
-    """Write atomically; refuse to replace an existing file unless `overwrite`."""
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise RelationFileError(f"{path} already exists; choose another name or switch 'overwrite' on")
+def to_bytes(relation: Relation) -> bytes:
+    """The relation as a safetensors file whose bytes depend only on its content."""
     if len(relation.vectors) == 1:
         tensors = {SINGLE_KEY: next(iter(relation.vectors.values())).reshape(1, -1)}
     else:
@@ -143,27 +118,13 @@ def save(relation: Relation, path: str | Path, overwrite: bool = False) -> Path:
         META + "nearest_words": json.dumps(relation.nearest_words, sort_keys=True),
         META + "pack_version": relation.pack_version,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # serialised in memory, written by Python: ordinary permissions (umask) and real OSErrors
-    data = _safetensors_bytes(tensors, meta)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return _safetensors_bytes(tensors, meta)
 
 
 def _safetensors_bytes(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> bytes:
     """A safetensors file whose bytes depend only on its content (the safetensors library
     writes the metadata in hash order, which differs from run to run): sorted JSON header,
     padded to 8 bytes, then the float32 data little-endian, in key order."""
-    import struct
     header: dict = {"__metadata__": meta}
     blobs, offset = [], 0
     for key in sorted(tensors):
@@ -190,7 +151,6 @@ def load(path: str | Path) -> Relation:
 
 
 def _load_safetensors(path: Path) -> Relation:
-    from safetensors import safe_open
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -259,7 +219,6 @@ def _meta_json(path: Path, meta: dict, key: str, default):
 
 def _load_pickled(path: Path) -> Relation:
     """Official ReVersion `learned_embeds.bin` ({"<R>": [768]}) or an A1111 `.pt` embedding."""
-    import pickle
     try:
         data = torch.load(str(path), map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as e:

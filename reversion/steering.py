@@ -18,7 +18,7 @@ from typing import Callable, Iterable, Sequence
 import torch
 import torch.nn.functional as F
 
-from . import vocab
+from . import words
 
 TEMPERATURE = 0.07
 NUM_POSITIVES = 4
@@ -37,12 +37,12 @@ def steering_loss(anchor: torch.Tensor, positives: torch.Tensor, negatives: torc
     return (torch.logsumexp(everything, dim=1) - torch.logsumexp(pos, dim=1)).mean()
 
 
-def sample_positive_words(rng: random.Random, count: int = NUM_POSITIVES, words: Sequence[str] = ()) -> list[str]:
-    """`count` distinct basis prepositions (or of `words`, if given), uniformly without replacement."""
-    words = tuple(words) or vocab.relation_words()
-    if not 1 <= count <= len(words):
-        raise ValueError(f"num_positives must be between 1 and {len(words)}, got {count}")
-    return rng.sample(words, count)
+def sample_positive_words(rng: random.Random, count: int = NUM_POSITIVES) -> list[str]:
+    """`count` distinct basis prepositions, uniformly without replacement."""
+    basis = words.relation_words()
+    if not 1 <= count <= len(basis):
+        raise ValueError(f"num_positives must be between 1 and {len(basis)}, got {count}")
+    return rng.sample(basis, count)
 
 
 class SteeringVocabulary:
@@ -55,7 +55,7 @@ class SteeringVocabulary:
 
     def __init__(self, tokenize: Callable[[str], list[int]], placeholder_ids: Iterable[int] = ()):
         self.tokenize = tokenize
-        self.excluded = set(tokenize(" ".join(vocab.stop_words() + vocab.relation_words())))
+        self.excluded = set(tokenize(" ".join(words.stop_words() + words.relation_words())))
         self.excluded |= set(placeholder_ids)
         self._word_cache: dict[str, list[int]] = {}
 
@@ -66,7 +66,7 @@ class SteeringVocabulary:
 
     def positive_ids(self, words_per_sample: Sequence[Sequence[str]]) -> list[int]:
         """All tokens of every sample's positive words ("astride" is two BPE tokens)."""
-        return [i for words in words_per_sample for w in words for i in self.word_ids(w)]
+        return [i for sample in words_per_sample for w in sample for i in self.word_ids(w)]
 
     def negative_ids(self, caption_ids: Sequence[Sequence[int]]) -> list[int]:
         """Every caption token that is not a stop word, preposition or placeholder.

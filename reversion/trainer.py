@@ -1,11 +1,11 @@
 """The ReVersion training loop: learn one relation vector on a frozen diffusion model.
 
-Everything model-specific sits behind `Backend` (for ComfyUI: `host/adapter.py`); this
-loop is the whole method and holds no host code:
+Everything model-specific sits behind `Backend` (for ComfyUI: `reversion_comfy/backend.py`);
+this loop is the whole method and holds no host code:
 
     for each update (3000):
         for each of `grad_accum` micro-batches (4) of `batch_size` exemplars (2):
-            caption  = a random template of each exemplar, "{}" -> placeholder
+            caption  = a random template of each exemplar, "{}" -> the stand-in
             t        ~ relation-focal p(t)            (timesteps.py)
             L_steer  = InfoNCE(<R>; 4 random prepositions per sample; caption content words)
         L_den = MSE(model prediction, eps or v target) over all 8 exemplars
@@ -29,8 +29,9 @@ from typing import Callable, Protocol
 
 import torch
 
-from . import checkpoint, steering, timesteps
+from . import checkpoint, steering, timesteps, words
 from .checkpoint import Checkpointing
+from .errors import ConfigError
 
 
 @dataclass
@@ -49,9 +50,6 @@ class TrainConfig:
     focal_alpha: float = timesteps.ALPHA  # 0 = uniform timesteps
     init_word: str = "and"
     seed: int = 2023
-    # Words the steering positives are drawn from; () = ReVersion's 56 basis prepositions.
-    # Experiments only (bench_quality --caption-positives): the node always uses the paper's.
-    positive_words: tuple = ()
 
     @property
     def lr(self) -> float:
@@ -60,25 +58,18 @@ class TrainConfig:
     def check(self) -> "TrainConfig":
         for name in ("steps", "batch_size", "grad_accum", "num_positives"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.base_lr <= 0:
-            raise ValueError(f"learning rate must be positive, got {self.base_lr}")
+            raise ConfigError(f"learning rate must be positive, got {self.base_lr}")
         if not 0.0 <= self.focal_alpha <= 1.0:
-            raise ValueError(f"focal alpha must be in [0, 1], got {self.focal_alpha}")
+            raise ConfigError(f"focal alpha must be in [0, 1], got {self.focal_alpha}")
         if not self.init_word.strip():
-            raise ValueError("init word must not be empty (the paper uses 'and')")
-        if self.positive_words and self.num_positives > len(self.positive_words):
-            raise ValueError(f"num_positives ({self.num_positives}) is more than the {len(self.positive_words)} "
-                             f"positive words given")
+            raise ConfigError("init word must not be empty (the paper uses 'and')")
         return self
 
     def as_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["lr"] = self.lr
-        if self.positive_words:
-            d["positive_words"] = list(self.positive_words)
-        else:       # the paper's: left out, so checkpoints and relation files made before it still match
-            del d["positive_words"]
         d["adam_betas"] = list(self.adam_betas)
         return d
 
@@ -87,7 +78,7 @@ class Backend(Protocol):
     """What the loop needs from a frozen text-to-image model."""
 
     encoder_keys: list[str]               # text encoders that get a vector: ["clip_l"], ["clip_l", "clip_g"]
-    placeholder_text: str                 # stand-in word tokenised where "{}" was
+    standin: str                          # the word tokenised where a template's "{}" was
 
     def initial_vectors(self, word: str) -> dict[str, torch.Tensor]: ...
     def steering_vocabulary(self, key: str) -> steering.SteeringVocabulary: ...
@@ -212,8 +203,8 @@ def draw_micro_batch(latents, templates, config: TrainConfig, backend: Backend, 
     """One micro-batch's random draws, in the order the loop has always drawn them (so
     seeds and checkpoints give the same run whether or not micro-batches are merged)."""
     idx = [order.next() for _ in range(config.batch_size)]
-    captions = [rng.choice(templates[i]).replace("{}", backend.placeholder_text) for i in idx]
-    positive_words = [steering.sample_positive_words(rng, config.num_positives, config.positive_words) for _ in idx]
+    captions = [words.fill(rng.choice(templates[i]), backend.standin) for i in idx]
+    positive_words = [steering.sample_positive_words(rng, config.num_positives) for _ in idx]
     batch = latents[idx]
     t = sampler.sample(len(idx))
     noise = torch.randn(batch.shape, generator=gen).to(batch.device, batch.dtype)

@@ -1,10 +1,19 @@
-"""ComfyUI side of ComfyUI-ReVersion: everything that touches ComfyUI internals.
+"""The ComfyUI side of ComfyUI-ReVersion: everything that touches ComfyUI internals, one
+module per concern, so a host change touches one file.
 
-- `adapter.py`: what relation training and injection need from the host (inference mode,
-  model sampling, embedding injection, apply_model, memory management, progress). A host
-  change should touch this file only.
-- `toy_model.py`: the toy-world model built from ComfyUI's own classes.
-- `standalone.py`: importing ComfyUI outside its own process (tests, scripts, bench).
+    host.py       the host's services: model loading, free memory, progress bar, Cancel
+    guards.py     autograd through host code: inference mode, in-place writes, frozen weights
+    patches.py    temporary patches of host code (UNet blocks, CLIP layers, attention)
+    memory.py     memory planning: estimates, fast/lean, exemplars per forward
+    text.py       text encoding with the relation: injection, prompts with <R>
+    sampling.py   noise schedule, targets, the VAE encode, images from the stock nodes
+    backend.py    ComfyBackend: the trainer's Backend for a MODEL + CLIP
+    training.py   the entry points: train_relation (the loop) and train_and_save (the node's run)
+    progress.py   what the node and the console show while it trains
+    loss_plot.py  the loss-curve picture
+    store.py      names, paths, overwriting, the written-file record, fallback writes
 
-`reversion/` (the method) never imports ComfyUI; this package does, lazily.
+`reversion/` (the method) never imports ComfyUI; the modules here do, at import time, so
+they are imported only once a host is running (inside ComfyUI, or after
+`devtools.host.import_comfy()` in tests and tools).
 """

@@ -1,55 +1,55 @@
-"""Test set-up: a real ComfyUI host (COMFYUI_PATH, default the bundled 0.3.75 copy) and
-this pack loaded into it the way ComfyUI loads custom nodes.
+"""Test set-up: a real ComfyUI host (COMFYUI_PATH, default the bundled 0.3.75 copy) with this
+pack loaded into it the way ComfyUI loads custom nodes, and the helpers tests share.
 
-Tests that need no host (the method in `reversion/`) don't touch the `host` fixture.
+The suite is grouped by the unit under test: method/ (reversion/, no ComfyUI), comfy/
+(reversion_comfy/), nodes/, toyworld/, server/ (a headless ComfyUI over HTTP), lab/ (the
+lab's and the benchmarks' scripts, in slices). The pack is imported as `comfyui_reversion`
+(devtools/pack.py); tests that need no host never touch the `host` fixture.
 """
 from __future__ import annotations
 
-import asyncio
-import inspect
 import os
-import sys
+import stat
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.append(str(REPO))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import devtools  # noqa: F401  (registers the pack's import name, `comfyui_reversion`)
+from devtools.pack import REPO  # noqa: F401  (re-exported for tests)
 
+# The browser tests need Chromium and run on their own: `make test-browser` (pytest tests/browser).
+collect_ignore = ["browser"]
+
+
+# ---------------------------------------------------------------------------- fixtures
 
 @pytest.fixture(scope="session")
 def host(tmp_path_factory):
     """The host, with input/output/temp/embeddings folders in a temp dir and the pack loaded."""
-    from reversion_comfy import standalone
-    host_path = standalone.import_comfy(os.environ.get("REVERSION_TEST_DEVICE", "cpu"))
+    from devtools import host as dev_host
+    from devtools import pack
+    host_path = dev_host.import_comfy(os.environ.get("REVERSION_TEST_DEVICE", "cpu"))
     import folder_paths
     import nodes
     root = tmp_path_factory.mktemp("comfy")
-    for sub in ("input", "output", "temp", "embeddings", "custom_nodes"):
+    for sub in ("input", "output", "temp", "embeddings"):
         (root / sub).mkdir()
     folder_paths.set_output_directory(str(root / "output"))
     folder_paths.set_temp_directory(str(root / "temp"))
     folder_paths.set_input_directory(str(root / "input"))
     folder_paths.folder_names_and_paths["embeddings"] = ([str(root / "embeddings")],
                                                         set(folder_paths.supported_pt_extensions))
-    pack = root / "custom_nodes" / "ComfyUI-ReVersion"
-    pack.symlink_to(REPO, target_is_directory=True)
-    loaded = nodes.load_custom_node(str(pack))
-    if inspect.iscoroutine(loaded):
-        loaded = asyncio.run(loaded)
-    assert loaded, "ComfyUI failed to import the pack (see the log above)"
+    module = pack.load_into_host()
     return SimpleNamespace(path=host_path, root=root, embeddings=root / "embeddings", input=root / "input",
-                           nodes=nodes, node=lambda name: nodes.NODE_CLASS_MAPPINGS[name]())
+                           nodes=nodes, pack=module, node=lambda name: nodes.NODE_CLASS_MAPPINGS[name]())
 
 
 @pytest.fixture(scope="session")
 def tiny(host):
     """tiny("sd1" | "sd2v" | "sdxl") -> (MODEL, CLIP, VAE), built once per session."""
-    import tiny_models
+    from devtools import tiny_models
     cache = {}
 
     def get(family):
@@ -69,8 +69,9 @@ def toy(host):
 @pytest.fixture(scope="session")
 def comfy_server(tmp_path_factory):
     """One headless ComfyUI (the host under test) with this pack, shared by the HTTP tests."""
-    from reversion_comfy import headless, standalone
-    with headless.ComfyServer(standalone.comfyui_path(), tmp_path_factory.mktemp("server")) as s:
+    from devtools import headless
+    from devtools import host as dev_host
+    with headless.ComfyServer(dev_host.comfyui_path(), tmp_path_factory.mktemp("server")) as s:
         yield s
 
 
@@ -79,21 +80,13 @@ def server(comfy_server):
     return comfy_server
 
 
-def load_script(relative_path: str):
-    """A script of the repository (bench/, scripts/: not packages) imported as a module."""
-    import importlib.util
-    path = REPO / relative_path
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+# ----------------------------------------------------------------------------- helpers
 
-
-def small_exemplars(n=2, size=64):
-    """`n` random exemplar images (seeded) with two templates each."""
-    from reversion import exemplars as ex
+def small_exemplars(n=2, size=64, templates=("a cat {} a dog", "cat {} dog")):
+    """`n` random exemplar images (seeded), each with all of `templates`."""
+    from comfyui_reversion.reversion import exemplars as ex
     g = torch.Generator().manual_seed(3)
-    return ex.Exemplars(torch.rand(n, size, size, 3, generator=g), [["a cat {} a dog", "cat {} dog"]] * n)
+    return ex.Exemplars(torch.rand(n, size, size, 3, generator=g), [list(templates)] * n)
 
 
 def train_inputs(model, clip, vae, name, **overrides):
@@ -107,17 +100,56 @@ def train_inputs(model, clip, vae, name, **overrides):
     return inputs
 
 
+def run_node_ui(host, node_name, method, **inputs):
+    """Call a node's function the way the executor does (under inference mode); returns the
+    node's whole answer: a tuple, or {"ui": ..., "result": (...)}."""
+    node = host.node(node_name)
+    with torch.inference_mode():
+        return getattr(node, method)(**inputs)
+
+
 def run_node(host, node_name, method, **inputs):
-    """Call a node's function the way the executor does: under inference mode. Returns the
-    output tuple (the "result" part of a {"ui": ..., "result": ...} answer)."""
+    """Like run_node_ui, but returns only the output tuple (what the executor passes on)."""
     out = run_node_ui(host, node_name, method, **inputs)
     return out["result"] if isinstance(out, dict) and "result" in out else out
 
 
-def run_node_ui(host, node_name, method, **inputs):
-    """Like run_node, but returns the node's whole answer (with its "ui" part)."""
-    node = host.node(node_name)
-    with torch.inference_mode():
-        out = getattr(node, method)(**inputs)
-    # {"ui": ..., "result": (...)} returns: the executor passes on "result", so do the same
-    return out["result"] if isinstance(out, dict) and "result" in out else out
+def prepared_backend(model, clip, memory: str = "fast"):
+    """A ComfyBackend with the models loaded and usable by autograd (call in training_mode)."""
+    from comfyui_reversion.reversion_comfy.backend import ComfyBackend
+    backend = ComfyBackend(model, clip, memory)
+    backend.prepare()
+    return backend
+
+
+def directional_check(f, x: torch.Tensor, seed: int = 0, h: float = 1e-2):
+    """(autograd, central finite difference) of f along a random direction as long as x."""
+    from comfyui_reversion.reversion_comfy.guards import inplace_safe
+    g = torch.Generator().manual_seed(seed)
+    x = x.detach().clone().requires_grad_(True)
+    with inplace_safe():
+        f(x).backward()
+    d = torch.randn(x.shape, generator=g)
+    d = d / d.norm() * x.detach().norm()
+    with torch.no_grad():
+        numeric = (f(x + h * d).item() - f(x - h * d).item()) / (2 * h)
+    return (x.grad * d).sum().item(), numeric
+
+
+def snapshot(*folders) -> dict:
+    """Every file under `folders` with its content hash: to assert 'nothing written or changed'."""
+    import hashlib
+    out = {}
+    for folder in folders:
+        for root, _, files in os.walk(folder):
+            for f in files:
+                p = os.path.join(root, f)
+                out[p] = hashlib.sha256(open(p, "rb").read()).hexdigest()
+    return out
+
+
+def assert_ordinary_mode(path: Path) -> None:
+    """A file this pack writes has the permissions the umask gives (safetensors alone: 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(Path(path).stat().st_mode) == 0o666 & ~mask, oct(Path(path).stat().st_mode)

@@ -1,0 +1,1 @@
+"""How exact the toy-world judge is (NOTES.md)."""

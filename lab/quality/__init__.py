@@ -1,0 +1,1 @@
+"""What each part of ReVersion buys on the toy world (NOTES.md)."""

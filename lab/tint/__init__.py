@@ -1,0 +1,1 @@
+"""The tint confound (NOTES.md): unfinished."""

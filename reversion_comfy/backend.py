@@ -1,0 +1,153 @@
+"""`ComfyBackend`: the `reversion.trainer.Backend` for a ComfyUI MODEL + CLIP.
+
+The trainer loop asks it for the init word's vectors, the steering loss's token rows and
+the denoising loss of an update. Text goes through the host's own `encode_from_tokens`
+with the relation vector injected (text.py); the UNet through the model's `extra_conds` +
+`apply_model` (SDXL's `y` included); noise and targets through the host's `model_sampling`
+(sampling.py). How an update's exemplars go through the model is the memory plan's
+decision (memory.py); the gradient is the same in every plan.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from ..reversion.steering import SteeringVocabulary
+from ..reversion.words import STANDIN
+from . import host
+from .guards import SavedTensorGuard, de_inference
+from .memory import InPieces, MemoryEstimate, MemoryPlan, choose_memory
+from .patches import text_layers, unet_blocks
+from .sampling import model_sampling, noisy_latent, prediction_and_target, sigma_for_timestep
+from .text import Captions
+
+PROBE_SIDE = 8          # the memory probes' latent side: small, so probing costs little
+
+
+class ComfyBackend:
+    """The trainer's view of a ComfyUI MODEL + CLIP (see the module docstring)."""
+
+    standin = STANDIN
+
+    def __init__(self, model, clip, memory: str = "fast", interrupt=None):
+        self.model, self.clip = model, clip
+        self.memory = memory                  # requested: "auto" | "fast" | "lean"
+        self.interrupt = interrupt or (lambda: None)   # raises to cancel; run before every UNet block
+        self.plan: MemoryPlan | None = None
+        self.last_estimate: MemoryEstimate | None = None
+        self.guard: SavedTensorGuard | None = None
+        self.captions = Captions(clip)
+        self.encoders = self.captions.encoders
+        self.encoder_keys = [e.key for e in self.encoders]
+        self.ms = model_sampling(model)
+        self.device = model.load_device
+
+    def prepare(self) -> None:
+        """Load to the compute device and make the weights usable by autograd (call in
+        training_mode)."""
+        host.load_for_training(self.model, self.clip)
+        de_inference(self.model.model)
+        de_inference(self.ms)
+        de_inference(self.clip.cond_stage_model)
+        self.guard = SavedTensorGuard([self.model.model, self.clip.cond_stage_model])
+
+    def close(self) -> None:
+        """Remove the clone hooks this backend put on host modules."""
+        if self.guard is not None:
+            self.guard.close()
+
+    # -- memory
+    def _probe(self, channels: int, batch: int, caption: str):
+        """One forward (no backward) of `batch` exemplars at a small latent."""
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(batch, channels, PROBE_SIDE, PROBE_SIDE, generator=g)
+        vectors = {k: v.requires_grad_(True) for k, v in self.initial_vectors("and").items()}
+        return self._loss(vectors, x, [caption] * batch, torch.tensor([500] * batch),
+                          torch.randn(x.shape, generator=g))
+
+    def plan_memory(self, latents: torch.Tensor, caption: str, batch: int, micro: int | None = None,
+                    most: int | None = None) -> MemoryPlan:
+        """Find where the host needs clones (one small forward) and, unless memory is
+        "fast", estimate each mode's peak and choose how `batch` exemplars per update (in
+        micro-batches of `micro`, at most `most` per forward) go through the model (see
+        `choose_memory`)."""
+        channels = latents.shape[1]
+        if self.memory == "fast":
+            with self.guard.find_inplace():
+                self._probe(channels, 1, caption)
+            estimate = free = None
+        else:
+            probes = {}
+            for n in (1, 2):
+                with self.guard.find_inplace() if n == 1 else contextlib.nullcontext(), \
+                        self.guard.measuring():
+                    self._probe(channels, n, caption)
+                probes[n * PROBE_SIDE ** 2] = self.guard.measured()
+            estimate = self.last_estimate = MemoryEstimate(probes)
+            free = host.free_memory(self.device)
+        self.plan = choose_memory(self.memory, estimate, free, batch, latents.shape[-2] * latents.shape[-1], micro,
+                                  most)
+        return self.plan
+
+    # -- text side (the steering loss reads the frozen input token table)
+    def initial_vectors(self, word: str) -> dict[str, torch.Tensor]:
+        return {e.key: e.table[e.single_id(word, "init word")].detach().float().cpu().clone()
+                for e in self.encoders}
+
+    def steering_vocabulary(self, key: str) -> SteeringVocabulary:
+        return SteeringVocabulary(self.captions.by_key[key].content_ids,
+                                  placeholder_ids=[self.captions.standin_ids[key]])
+
+    def embedding_rows(self, key: str, ids: list[int]) -> torch.Tensor:
+        table = self.captions.by_key[key].table
+        return table[torch.tensor(ids, dtype=torch.long, device=table.device)].detach().float().cpu()
+
+    def caption_ids(self, key: str, caption: str) -> list[int]:
+        return self.captions.content_ids(key, caption)
+
+    def check_templates(self, templates: list[list[str]]) -> None:
+        self.captions.check_templates(templates)
+
+    # -- denoiser side
+    def model_conds(self, cond: torch.Tensor, pooled, x: torch.Tensor) -> dict:
+        out = self.model.model.extra_conds(cross_attn=cond, pooled_output=pooled, device=x.device, noise=x,
+                                           width=x.shape[3] * 8, height=x.shape[2] * 8, prompt_type="positive")
+        # the host builds some conds on the CPU (the 2024 host's SDXL size embedding); the
+        # sampler moves them later, so we move them here
+        return {k: v.cond.to(x.device) if torch.is_tensor(v.cond) else v.cond for k, v in out.items()}
+
+    def _loss(self, vectors, latents, captions, timesteps, noise, lean: bool = False) -> torch.Tensor:
+        guard = self.guard
+        with guard.hooks(), unet_blocks(guard, checkpoint=lean, interrupt=self.interrupt), \
+                text_layers(guard, self.clip.cond_stage_model, checkpoint=lean):
+            guard.region = "text"
+            cond, pooled = self.captions.encode_batch(vectors, captions)
+            guard.region = "other"
+            cond = cond.to(self.device)
+            pooled = None if pooled is None else pooled.to(self.device)
+            x0 = self.model.model.process_latent_in(latents.to(self.device))
+            noise = noise.to(x0)
+            sigma = sigma_for_timestep(self.ms, timesteps.to(self.device)).to(x0)
+            x = noisy_latent(x0, noise, sigma)
+            denoised = self.model.model.apply_model(x, sigma, **self.model_conds(cond, pooled, x))
+            pred, target = prediction_and_target(self.ms, x, x0, noise, sigma, denoised)
+            return torch.nn.functional.mse_loss(pred.float(), target.float())
+
+    def denoising_loss(self, vectors, latents, captions, timesteps, noise) -> torch.Tensor:
+        """The update's denoising loss (mean over its exemplars); memory strategy per
+        `self.plan`: forwards of `plan.chunk` exemplars, each backpropagated at once when
+        there are several (lean: with checkpointed UNet blocks and CLIP layers). The
+        gradient is the same either way."""
+        if self.plan is None:
+            self.plan_memory(latents, captions[0], len(captions))
+        lean, n, chunk = self.plan.mode == "lean", len(captions), self.plan.chunk
+        if chunk >= n:
+            return self._loss(vectors, latents, captions, timesteps, noise, lean)
+        keys = list(vectors)
+        pieces = [(slice(i, min(i + chunk, n)), (min(i + chunk, n) - i) / n) for i in range(0, n, chunk)]
+
+        def loss_of(piece, leaves):
+            return self._loss(dict(zip(keys, leaves)), latents[piece], captions[piece], timesteps[piece],
+                              noise[piece], lean)
+        return InPieces.apply(loss_of, pieces, *[vectors[k] for k in keys])

@@ -1,0 +1,147 @@
+"""Memory planning: how an update's exemplars go through the model.
+
+`MemoryEstimate` fits "constant + linear in exemplars x pixels" to the bytes two small
+probe forwards saved for backward; `choose_memory` turns it and the free memory into a
+`MemoryPlan` (fast or lean, exemplars per forward), or refuses with `NotEnoughMemory`
+before training starts; `InPieces` runs an update in smaller forwards with the gradient of
+one forward of everything. Plain torch: the backend measures, this module decides.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..reversion.errors import ConfigError, NotEnoughMemory
+
+MODES = ("auto", "fast", "lean")
+
+
+class InPieces(torch.autograd.Function):
+    """An update's loss computed in smaller pieces, each backpropagated at once (so only one
+    piece's activations are alive): the returned loss is the mean over all exemplars and
+    its backward hands back the summed (weighted) piece gradients, the same gradient as
+    one forward of everything."""
+
+    @staticmethod
+    def forward(ctx, loss_of, pieces, *vectors):
+        grads = [torch.zeros_like(v) for v in vectors]
+        total = torch.zeros((), dtype=torch.float32, device=vectors[0].device)
+        with torch.enable_grad():
+            for piece, weight in pieces:
+                leaves = [v.detach().requires_grad_(True) for v in vectors]
+                loss = loss_of(piece, leaves) * weight
+                loss.backward()        # not autograd.grad: reentrant checkpointing refuses it
+                for g, leaf in zip(grads, leaves):
+                    if leaf.grad is not None:
+                        g += leaf.grad
+                total += loss.detach().float().to(total.device)
+        ctx.save_for_backward(*grads)
+        return total
+
+    @staticmethod
+    def backward(ctx, out_grad):
+        return (None, None, *[out_grad * g for g in ctx.saved_tensors])
+
+
+GiB = 1024 ** 3
+
+
+@dataclass
+class MemoryPlan:
+    mode: str              # "fast" | "lean"
+    chunk: int             # exemplars per forward: the update in pieces of `chunk`
+    batch: int             # exemplars per update (batch_size x grad_accum)
+    requested: str
+    needed: dict           # estimated bytes per mode at one micro-batch ({} if not estimated)
+    free: int | None
+    attention: str = ""
+    planned: int | None = None   # estimated bytes of this plan's forwards (if estimated)
+
+    def describe(self) -> str:
+        split = (f", {self.batch} exemplars per update in one forward" if self.chunk >= self.batch else
+                 f", {self.batch} exemplars per update in forwards of {self.chunk}")
+        what = ("gradient checkpointing of the UNet blocks and CLIP layers" if self.mode == "lean"
+                else "no checkpointing")
+        est = "" if not self.needed else " (estimated per micro-batch " + ", ".join(
+            f"{k} {v / GiB:.2f} GiB" for k, v in self.needed.items()) + \
+            (f"; this plan {self.planned / GiB:.2f} GiB" if self.planned is not None else "") + \
+            (f"; {self.free / GiB:.2f} GiB free)" if self.free is not None else ")")
+        return f"memory {self.mode} [{self.requested}]: {what}{split}{est}; {self.attention}"
+
+    def as_dict(self) -> dict:
+        return {"mode": self.mode, "requested": self.requested, "chunk": self.chunk, "batch": self.batch,
+                "needed_gib": {k: round(v / GiB, 3) for k, v in self.needed.items()},
+                "planned_gib": None if self.planned is None else round(self.planned / GiB, 3),
+                "free_gib": None if self.free is None else round(self.free / GiB, 3), "attention": self.attention}
+
+
+class MemoryEstimate:
+    """Peak training memory beyond the loaded weights, per mode, from two small probe
+    forwards (latent 8x8, one and two exemplars) whose saved tensors are counted: a
+    constant part (e.g. weight cast copies) and a part linear in exemplars x latent pixels
+    (activations; linear in pixels too because attention is SDPA). Text-encoder bytes:
+    the one-caption probe's, times the captions (conservative: cast copies counted each
+    time); in lean, only its layer inputs and its largest layer (recomputed one at a time).
+
+    `probes`: {exemplars x latent pixels: SavedTensorGuard.measured()}."""
+
+    MARGIN, RESERVE = 1.25, 256 * 1024 ** 2
+
+    def __init__(self, probes: dict):
+        (p1, m1), (p2, m2) = sorted(probes.items())
+
+        def fit(f):
+            b = max(0.0, (f(m2) - f(m1)) / (p2 - p1))
+            return max(0.0, f(m1) - b * p1), b
+        blocks = lambda m: [v for k, v in m.items() if k.startswith("block")]
+        layers = [v for k, v in m1.items() if k.startswith("text") and k[4:].isdigit()]
+        self.text = m1.get("text", 0) + sum(layers)
+        # lean: the text encoders keep their layers' inputs and recompute one layer at a time
+        self.text_lean = m1.get("text", 0) + m1.get("textinput", 0) + max(layers, default=0)
+        # the UNet's part: the text encoders' regions ("text", "text<i>", "textinput") are per caption
+        self.fast = fit(lambda m: sum(v for k, v in m.items() if not k.startswith(("text", "input"))))
+        self.outside = fit(lambda m: sum(v for k, v in m.items() if k == "other"))
+        self.inputs = fit(lambda m: sum(v for k, v in m.items() if k.startswith("input")))
+        self.largest = fit(lambda m: max(blocks(m), default=0))
+
+    def needed(self, mode: str, batch: int, pixels: int) -> int:
+        lin = lambda ab: ab[0] + ab[1] * pixels * batch
+        unet = lin(self.fast) if mode == "fast" else lin(self.outside) + lin(self.inputs) + lin(self.largest)
+        text = self.text if mode == "fast" else self.text_lean
+        return int(self.MARGIN * (unet + text * batch) + self.RESERVE)
+
+
+def choose_memory(requested: str, estimate: MemoryEstimate | None, free: int | None, batch: int,
+                  pixels: int, micro: int | None = None, most: int | None = None) -> MemoryPlan:
+    """How the `batch` exemplars of an update (`micro` = the paper's micro-batch,
+    batch_size) go through the model. fast / lean as asked, in forwards of one micro-batch
+    (lean: smaller pieces if even that does not fit); auto: fast in the largest forwards
+    that fit (the whole update at once when it fits: the fastest on a GPU, same gradient),
+    down to one micro-batch, else lean in the largest pieces that fit. `most` caps the
+    exemplars per forward (a benchmark's forced split; default: no cap). Refuses (before
+    training) when even lean with one exemplar per forward does not fit."""
+    if requested not in MODES:
+        raise ConfigError(f"memory must be auto, fast or lean, got {requested!r}")
+    micro = min(micro or batch, batch)
+    most = min(most or batch, batch)
+    needed = {} if estimate is None else {m: estimate.needed(m, micro, pixels) for m in ("fast", "lean")}
+    if requested == "fast" or estimate is None or free is None:
+        return MemoryPlan("lean" if requested == "lean" else "fast", min(micro, most), batch, requested, needed, free)
+    # balanced pieces: 8 -> 8, 4, 3 (3+3+2), 2, 1
+    chunks = sorted({-(-batch // n) for n in range(1, batch + 1)}, reverse=True)
+    if requested == "auto":
+        for chunk in (c for c in chunks if min(micro, most) <= c <= most):
+            if estimate.needed("fast", chunk, pixels) <= free:
+                return MemoryPlan("fast", chunk, batch, requested, needed, free,
+                                  planned=estimate.needed("fast", chunk, pixels))
+    for chunk in (c for c in chunks if c <= min(micro, most)):
+        if estimate.needed("lean", chunk, pixels) <= free:
+            return MemoryPlan("lean", chunk, batch, requested, needed, free,
+                              planned=estimate.needed("lean", chunk, pixels))
+    one = estimate.needed("lean", 1, pixels)
+    raise NotEnoughMemory(
+        f"not enough memory to train: even memory=lean with one exemplar per forward needs about "
+        f"{one / GiB:.2f} GiB beyond the loaded weights, and {free / GiB:.2f} GiB is free "
+        f"(fast at micro-batch {micro}: {needed['fast'] / GiB:.2f} GiB). Use smaller exemplar images "
+        f"(Load Exemplars 'size'), close other models/applications, or use a smaller model")

@@ -1,0 +1,141 @@
+"""Training a relation on the host's model: the entry points.
+
+- `train_relation`: the ReVersion loop (reversion/trainer.py) on a ComfyUI MODEL + CLIP +
+  VAE: exemplars VAE-encoded once, models loaded and made usable by autograd, host weights
+  frozen, attention on SDPA, a memory plan, then the loop. Used by Train Relation, the
+  benchmarks and the tests.
+- `train_and_save`: everything Train Relation does, in order; every check that can fail
+  runs before the first update (name, checkpoint, settings, preview prompt, templates).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from ..reversion import checkpoint, trainer
+from ..reversion.relation_file import Relation
+from ..reversion.trainer import TrainConfig, TrainResult
+from ..reversion.words import PLACEHOLDER, STANDIN, fill
+from . import host, store
+from .backend import ComfyBackend
+from .guards import frozen_weights, training_mode
+from .loss_plot import loss_curve
+from .patches import memory_efficient_attention
+from .progress import format_seconds, progress_callback
+from .sampling import sample_preview, vae_encode
+from .text import check_family, check_prompt, nearest_words, text_encoders
+
+log = logging.getLogger("ReVersion")
+
+
+def train_relation(model, clip, vae, exemplars, config: TrainConfig, callback=None, memory: str = "auto",
+                   checkpointing: checkpoint.Checkpointing | None = None, start_relation: Relation | None = None,
+                   max_per_forward: int | None = None) -> TrainResult:
+    """Encode the exemplars once, then run the ReVersion loop on the host's model.
+
+    Returns the `TrainResult`, with `.memory` = the memory plan used (`memory`: "auto",
+    "fast" or "lean", see memory.choose_memory; `max_per_forward` caps the exemplars per
+    forward below the micro-batch, e.g. to measure a split). Host weights are not modified:
+    they are only re-wrapped as normal (non-inference) tensors with the same values, and
+    their requires_grad flags are restored after training. `start_relation` (a Relation for
+    this CLIP) replaces the init word's embedding as the starting point.
+    """
+    if start_relation is not None:
+        check_family(start_relation, text_encoders(clip))
+    with training_mode():
+        backend = ComfyBackend(model, clip, memory, interrupt=host.check_interrupted)
+        backend.check_templates(exemplars.templates)     # fail in seconds, not after an hour
+        latents = vae_encode(vae, exemplars.images, config.seed)
+        backend.prepare()
+        try:
+            with frozen_weights(model.model, clip.cond_stage_model), memory_efficient_attention() as attention:
+                caption = fill(exemplars.templates[0][0], STANDIN)
+                plan = backend.plan_memory(latents, caption, config.batch_size * config.grad_accum, config.batch_size,
+                                           max_per_forward)
+                plan.attention = attention
+                log.info("ReVersion Train Relation: %s", plan.describe())
+                result = trainer.train(backend, latents, exemplars.templates, config, callback,
+                                       interrupt=host.check_interrupted, checkpointing=checkpointing,
+                                       start_vectors=start_relation.vectors if start_relation is not None else None)
+                result.memory = plan.as_dict()
+                return result
+        finally:
+            backend.close()
+            host.release_cache()
+
+
+@dataclass
+class Options:
+    """Train Relation's inputs beyond the model, the exemplars and the method's settings."""
+    name: str
+    overwrite: bool = False
+    memory: str = "auto"
+    checkpoint_every: int = 100
+    resume: bool = False
+    init_relation: Relation | None = None
+    preview_every: int = 100
+    preview_prompt: str = ""
+    preview_steps: int = 12
+
+
+@dataclass
+class Trained:
+    relation: Relation
+    loss_curve: torch.Tensor       # IMAGE [1, H, W, 3]
+    samples: torch.Tensor          # IMAGE: the preview prompt drawn with the final relation
+    summary: str                   # one line for the node and the console
+    train_seconds: float           # training only, previews excluded
+
+
+def train_and_save(model, clip, vae, exemplars, config: TrainConfig, options: Options) -> Trained:
+    """Train Relation, start to end: claim the name, resume or start, train with progress
+    and previews, write the relation file. Every check that can fail runs before training."""
+    path = store.claim(options.name, options.overwrite, new_run=not options.resume)
+    resume_path = store.checkpoint_path(path)
+    config.check()
+    fingerprint = checkpoint.fingerprint(exemplars.images, exemplars.templates)
+    state = checkpoint.load(resume_path) if options.resume else None
+    if state is not None:
+        checkpoint.check_compatible(state, config.as_dict(), fingerprint)
+    keeping = checkpoint.Checkpointing(save=lambda snapshot: store.save_checkpoint(snapshot, resume_path),
+                                       every=options.checkpoint_every, fingerprint=fingerprint, resume_from=state)
+    prompt = options.preview_prompt.strip() or fill(exemplars.templates[0][0], PLACEHOLDER)
+    check_prompt(clip, prompt)                               # checked before training, not at step 100
+    size = int(exemplars.images.shape[1])
+
+    def preview(vectors):
+        return sample_preview(model, clip, vae, vectors, prompt, config.seed, options.preview_steps, size)
+    log.info("[ReVersion] Train Relation '%s': %d updates, %d exemplars, lr %g%s", options.name, config.steps,
+             len(exemplars), config.base_lr, " (x batch x accumulation)" if config.scale_lr else "")
+    callback = progress_callback(config.steps, preview if options.preview_every else None, options.preview_every)
+    result = train_relation(model, clip, vae, exemplars, config, callback, options.memory,
+                            checkpointing=keeping, start_relation=options.init_relation)
+    samples = preview(result.vectors)
+    relation = Relation(result.vectors, name=store.check_name(options.name), init_word=config.init_word,
+                        steps=result.steps_done + (options.init_relation.steps if options.init_relation else 0),
+                        hyperparameters=hyperparameters(config, result.memory, options.init_relation),
+                        # no wall-clock time in the file: same seed and settings, byte-identical file
+                        final_losses={**result.final_losses(), "exemplars": len(exemplars)},
+                        nearest_words=nearest_words(clip, result.vectors))
+    store.save_relation(relation, path, options.overwrite)
+    losses = result.final_losses()
+    train_seconds = result.seconds - callback.preview_seconds
+    summary = (f"saved {path.name} (embedding:{relation.name}): {result.steps_done} updates, "
+               f"{format_seconds(train_seconds)} (+{format_seconds(callback.preview_seconds)} for "
+               f"{callback.previews} previews), loss {losses.get('loss', float('nan')):.3g}, "
+               f"{result.memory['mode']} memory")
+    log.info("[ReVersion] %s", summary)
+    curve = torch.from_numpy(loss_curve(result.history)).float().div(255).unsqueeze(0)
+    return Trained(relation, curve, samples, summary, train_seconds)
+
+
+def hyperparameters(config: TrainConfig, memory: dict, init_relation: Relation | None) -> dict:
+    """What the relation file records of how it was trained: the settings, the memory plan
+    without the free memory it saw (that varies from run to run, the file must not) and the
+    relation it continued from."""
+    out = {**config.as_dict(), "memory": {k: v for k, v in memory.items() if k != "free_gib"}}
+    if init_relation is not None:
+        out["continued_from"] = {"relation": init_relation.name, "steps": init_relation.steps}
+    return out

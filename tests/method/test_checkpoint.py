@@ -1,0 +1,104 @@
+"""The checkpoint format and resuming a run (reversion/checkpoint.py), on the pure-torch
+backend of test_trainer: Cancel mid-update, then resume, gives the uninterrupted run bit
+for bit; a checkpoint only continues the run it was made for."""
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+
+from comfyui_reversion.reversion import checkpoint, errors, trainer
+from test_trainer import TEMPLATES, LinearBackend, latents_of
+
+
+class Cancelled(Exception):
+    pass
+
+
+def cancel_at(check: int):
+    """An interrupt hook that raises when the run reaches its `check`-th check."""
+    calls = {"n": 0}
+
+    def interrupt():
+        calls["n"] += 1
+        if calls["n"] == check:
+            raise Cancelled()
+    return interrupt
+
+
+def test_cancel_mid_update_then_resume_equals_the_uninterrupted_run(tmp_path):
+    cfg = trainer.TrainConfig(steps=9, batch_size=2, grad_accum=3, seed=4)
+    whole = trainer.train(LinearBackend(), latents_of(3), TEMPLATES, cfg)
+
+    path = tmp_path / "rel.resume"
+    saves = []
+
+    def save(state):
+        saves.append(state["step"])
+        path.write_bytes(checkpoint.to_bytes(state))
+    keep = checkpoint.Checkpointing(save=save, every=2, fingerprint="fp")
+    # each update checks twice (before its forward, before its backward): check 12 is
+    # update 6's, after its forward
+    with pytest.raises(Cancelled):
+        trainer.train(LinearBackend(), latents_of(3), TEMPLATES, cfg, interrupt=cancel_at(12), checkpointing=keep)
+    assert saves == [2, 4, 5]                    # every 2 updates, then the 5 complete ones on Cancel
+    state = checkpoint.load(path)
+    assert state["step"] == 5 and len(state["history"]) == 5 and checkpoint.progress(state) == (5, 9)
+
+    resumed = trainer.train(LinearBackend(), latents_of(3), TEMPLATES, cfg,
+                            checkpointing=checkpoint.Checkpointing(save=save, every=2, fingerprint="fp",
+                                                                   resume_from=state))
+    assert torch.equal(resumed.vectors["clip_l"], whole.vectors["clip_l"])      # bit for bit
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in whole.history]
+    assert resumed.steps_done == 9
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(fingerprint="other"), "other exemplars"),
+    (dict(config=trainer.TrainConfig(steps=9, batch_size=2, grad_accum=3, seed=5)), r"seed 4 -> 5"),
+    (dict(config=trainer.TrainConfig(steps=9, batch_size=2, grad_accum=3, seed=4, temperature=0.5)),
+     r"temperature 0.07 -> 0.5"),
+    (dict(config=trainer.TrainConfig(steps=3, batch_size=2, grad_accum=3, seed=4)), "already at update 3 of the 3"),
+])
+def test_a_checkpoint_only_resumes_the_same_run(change, message):
+    cfg = trainer.TrainConfig(steps=3, batch_size=2, grad_accum=3, seed=4)
+    states = []
+    trainer.train(LinearBackend(), latents_of(2), [["cat {} dog"]] * 2, cfg,
+                  checkpointing=checkpoint.Checkpointing(save=states.append, every=3, fingerprint="fp"))
+    with pytest.raises(errors.CheckpointError, match=message):
+        checkpoint.check_compatible(states[-1], change.get("config", cfg).as_dict(), change.get("fingerprint", "fp"))
+
+
+def test_checkpoint_files_are_plain_data_and_bad_ones_say_what_to_do(tmp_path):
+    states = []
+    trainer.train(LinearBackend(), latents_of(2), [["cat {} dog"]] * 2, trainer.TrainConfig(steps=1, grad_accum=1),
+                  checkpointing=checkpoint.Checkpointing(save=states.append, every=1, fingerprint="fp"))
+    good = tmp_path / "good.resume"
+    good.write_bytes(checkpoint.to_bytes(states[-1]))
+    assert checkpoint.load(good)["fingerprint"] == "fp"
+    with pytest.raises(errors.CheckpointError, match="no checkpoint missing.resume.*switch 'resume' off"):
+        checkpoint.load(tmp_path / "missing.resume")
+    (tmp_path / "torn.resume").write_bytes(good.read_bytes()[:50])
+    with pytest.raises(errors.CheckpointError, match="cannot be read .*delete it"):
+        checkpoint.load(tmp_path / "torn.resume")
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("this must never run",))
+    (tmp_path / "evil.resume").write_bytes(pickle.dumps({"format": checkpoint.FORMAT, "x": Evil()}))
+    with pytest.raises(errors.CheckpointError, match="cannot be read"):
+        checkpoint.load(tmp_path / "evil.resume")
+    torch.save({"format": 99}, tmp_path / "future.resume")
+    with pytest.raises(errors.CheckpointError, match="not a checkpoint of this pack's format"):
+        checkpoint.load(tmp_path / "future.resume")
+
+
+def test_the_fingerprint_is_the_exemplars_pixels_and_templates():
+    images = torch.rand(2, 8, 8, 3, generator=torch.Generator().manual_seed(0))
+    base = checkpoint.fingerprint(images, [["a {} b"], ["c {} d"]])
+    assert base == checkpoint.fingerprint(images.clone(), [["a {} b"], ["c {} d"]])
+    assert base != checkpoint.fingerprint(images, [["a {} b"], ["c {} e"]])
+    changed = images.clone()
+    changed[0, 0, 0, 0] += 1e-3
+    assert base != checkpoint.fingerprint(changed, [["a {} b"], ["c {} d"]])
