@@ -2,8 +2,9 @@
 
 The trainer loop asks it for the init word's vectors, the steering loss's token rows and
 the denoising loss of an update. Text goes through the host's own `encode_from_tokens`
-with the relation vector injected (text.py); the UNet through the model's `extra_conds` +
-`apply_model` (SDXL's `y` included); noise and targets through the host's `model_sampling`
+with the relation vector injected (text.py); the UNet through the model's `extra_conds`
+(SDXL's `y` included) and `apply_model` as the sampler calls it, with the patches other
+nodes put on the MODEL; noise and targets through the host's `model_sampling`
 (sampling.py). How an update's exemplars go through the model is the memory plan's
 decision (memory.py); the gradient is the same in every plan.
 """
@@ -19,7 +20,7 @@ from . import host
 from .guards import SavedTensorGuard, de_inference
 from .memory import InPieces, MemoryEstimate, MemoryPlan, choose_memory
 from .patches import text_layers, unet_blocks
-from .sampling import model_sampling, noisy_latent, prediction_and_target, sigma_for_timestep
+from .sampling import apply_model, model_sampling, noisy_latent, prediction_and_target, sigma_for_timestep
 from .text import Captions
 
 PROBE_SIDE = 8          # the memory probes' latent side: small, so probing costs little
@@ -130,7 +131,7 @@ class ComfyBackend:
             noise = noise.to(x0)
             sigma = sigma_for_timestep(self.ms, timesteps.to(self.device)).to(x0)
             x = noisy_latent(x0, noise, sigma)
-            denoised = self.model.model.apply_model(x, sigma, **self.model_conds(cond, pooled, x))
+            denoised = apply_model(self.model, x, sigma, self.model_conds(cond, pooled, x))
             pred, target = prediction_and_target(self.ms, x, x0, noise, sigma, denoised)
             return torch.nn.functional.mse_loss(pred.float(), target.float())
 

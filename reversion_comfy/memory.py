@@ -80,25 +80,29 @@ class MemoryEstimate:
     """Peak training memory beyond the loaded weights, per mode, from two small probe
     forwards (latent 8x8, one and two exemplars) whose saved tensors are counted: a
     constant part (e.g. weight cast copies) and a part linear in exemplars x latent pixels
-    (activations; linear in pixels too because attention is SDPA). Text-encoder bytes:
-    the one-caption probe's, times the captions (conservative: cast copies counted each
-    time); in lean, only its layer inputs and its largest layer (recomputed one at a time).
+    (activations; linear in pixels too because attention is SDPA). The text encoders'
+    bytes are fitted the same way, per caption: a constant part (ComfyUI computes an
+    fp16-stored CLIP in fp32, and each layer saves the cast of its weight once per call,
+    however many captions the call holds) and a part per caption; in lean, only their
+    layers' inputs and their largest layer (recomputed one at a time).
 
-    `probes`: {exemplars x latent pixels: SavedTensorGuard.measured()}."""
+    `probes`: {exemplars x latent pixels: SavedTensorGuard.measured()}; the probe with
+    more exemplars holds proportionally more captions."""
 
     MARGIN, RESERVE = 1.25, 256 * 1024 ** 2
 
     def __init__(self, probes: dict):
         (p1, m1), (p2, m2) = sorted(probes.items())
 
-        def fit(f):
-            b = max(0.0, (f(m2) - f(m1)) / (p2 - p1))
-            return max(0.0, f(m1) - b * p1), b
+        def fit(f, x1=p1, x2=p2):
+            b = max(0.0, (f(m2) - f(m1)) / (x2 - x1))
+            return max(0.0, f(m1) - b * x1), b
         blocks = lambda m: [v for k, v in m.items() if k.startswith("block")]
-        layers = [v for k, v in m1.items() if k.startswith("text") and k[4:].isdigit()]
-        self.text = m1.get("text", 0) + sum(layers)
+        layers = lambda m: [v for k, v in m.items() if k.startswith("text") and k[4:].isdigit()]
+        captions = (1, p2 / p1)              # the probes' captions, in units of the first probe's
+        self.text = fit(lambda m: m.get("text", 0) + sum(layers(m)), *captions)
         # lean: the text encoders keep their layers' inputs and recompute one layer at a time
-        self.text_lean = m1.get("text", 0) + m1.get("textinput", 0) + max(layers, default=0)
+        self.text_lean = fit(lambda m: m.get("text", 0) + m.get("textinput", 0) + max(layers(m), default=0), *captions)
         # the UNet's part: the text encoders' regions ("text", "text<i>", "textinput") are per caption
         self.fast = fit(lambda m: sum(v for k, v in m.items() if not k.startswith(("text", "input"))))
         self.outside = fit(lambda m: sum(v for k, v in m.items() if k == "other"))
@@ -109,7 +113,7 @@ class MemoryEstimate:
         lin = lambda ab: ab[0] + ab[1] * pixels * batch
         unet = lin(self.fast) if mode == "fast" else lin(self.outside) + lin(self.inputs) + lin(self.largest)
         text = self.text if mode == "fast" else self.text_lean
-        return int(self.MARGIN * (unet + text * batch) + self.RESERVE)
+        return int(self.MARGIN * (unet + text[0] + text[1] * batch) + self.RESERVE)
 
 
 def choose_memory(requested: str, estimate: MemoryEstimate | None, free: int | None, batch: int,
