@@ -74,19 +74,20 @@ class ComfyBackend:
         micro-batches of `micro`, at most `most` per forward) go through the model (see
         `choose_memory`)."""
         channels = latents.shape[1]
-        if self.memory == "fast":
-            with self.guard.find_inplace():
-                self._probe(channels, 1, caption)
-            estimate = free = None
-        else:
-            probes = {}
-            for n in (1, 2):
-                with self.guard.find_inplace() if n == 1 else contextlib.nullcontext(), \
-                        self.guard.measuring():
-                    self._probe(channels, n, caption)
-                probes[n * PROBE_SIDE ** 2] = self.guard.measured()
-            estimate = self.last_estimate = MemoryEstimate(probes)
-            free = host.free_memory(self.device)
+        with self.guard.probing():          # cut into sections: a probe never holds a whole forward
+            if self.memory == "fast":
+                with self.guard.find_inplace():
+                    self._probe(channels, 1, caption)
+                estimate = free = None
+            else:
+                probes = {}
+                for n in (1, 2):
+                    with self.guard.find_inplace() if n == 1 else contextlib.nullcontext(), \
+                            self.guard.measuring():
+                        self._probe(channels, n, caption)
+                    probes[n * PROBE_SIDE ** 2] = self.guard.measured()
+                estimate = self.last_estimate = MemoryEstimate(probes)
+                free = host.free_memory(self.device)
         self.plan = choose_memory(self.memory, estimate, free, batch, latents.shape[-2] * latents.shape[-1], micro,
                                   most)
         return self.plan

@@ -83,13 +83,18 @@ class MemoryEstimate:
     (activations; linear in pixels too because attention is SDPA). The text encoders'
     bytes are fitted the same way, per caption: a constant part (ComfyUI computes an
     fp16-stored CLIP in fp32, and each layer saves the cast of its weight once per call,
-    however many captions the call holds) and a part per caption; in lean, only their
-    layers' inputs and their largest layer (recomputed one at a time).
+    however many captions the call holds) and a part per caption. In lean, backward keeps
+    the blocks' and layers' inputs and recomputes one block, or later one text layer, at a
+    time: the peak holds the larger of the two, never both.
+
+    The figures are bytes autograd saves; the step's live peak measured beside them
+    (devtools/live_bytes.py, tests/comfy/test_memory.py) is 0-20% lower. MARGIN covers
+    what the count does not see (the allocator's slack, transient buffers).
 
     `probes`: {exemplars x latent pixels: SavedTensorGuard.measured()}; the probe with
     more exemplars holds proportionally more captions."""
 
-    MARGIN, RESERVE = 1.25, 256 * 1024 ** 2
+    MARGIN, RESERVE = 1.1, 256 * 1024 ** 2
 
     def __init__(self, probes: dict):
         (p1, m1), (p2, m2) = sorted(probes.items())
@@ -102,18 +107,29 @@ class MemoryEstimate:
         captions = (1, p2 / p1)              # the probes' captions, in units of the first probe's
         self.text = fit(lambda m: m.get("text", 0) + sum(layers(m)), *captions)
         # lean: the text encoders keep their layers' inputs and recompute one layer at a time
-        self.text_lean = fit(lambda m: m.get("text", 0) + m.get("textinput", 0) + max(layers(m), default=0), *captions)
+        self.text_kept = fit(lambda m: m.get("text", 0) + m.get("textinput", 0), *captions)
+        self.text_layer = fit(lambda m: max(layers(m), default=0), *captions)
         # the UNet's part: the text encoders' regions ("text", "text<i>", "textinput") are per caption
         self.fast = fit(lambda m: sum(v for k, v in m.items() if not k.startswith(("text", "input"))))
         self.outside = fit(lambda m: sum(v for k, v in m.items() if k == "other"))
         self.inputs = fit(lambda m: sum(v for k, v in m.items() if k.startswith("input")))
         self.largest = fit(lambda m: max(blocks(m), default=0))
 
+    @property
+    def text_lean(self) -> tuple[float, float]:
+        """lean's text bytes per caption (constant, per caption), if its largest layer's
+        recompute were all that backward held at once."""
+        return tuple(a + b for a, b in zip(self.text_kept, self.text_layer))
+
     def needed(self, mode: str, batch: int, pixels: int) -> int:
         lin = lambda ab: ab[0] + ab[1] * pixels * batch
-        unet = lin(self.fast) if mode == "fast" else lin(self.outside) + lin(self.inputs) + lin(self.largest)
-        text = self.text if mode == "fast" else self.text_lean
-        return int(self.MARGIN * (unet + text[0] + text[1] * batch) + self.RESERVE)
+        captions = lambda ab: ab[0] + ab[1] * batch
+        if mode == "fast":
+            saved = lin(self.fast) + captions(self.text)
+        else:
+            kept = lin(self.outside) + lin(self.inputs) + captions(self.text_kept)
+            saved = kept + max(lin(self.largest), captions(self.text_layer))
+        return int(self.MARGIN * saved + self.RESERVE)
 
 
 def choose_memory(requested: str, estimate: MemoryEstimate | None, free: int | None, batch: int,
