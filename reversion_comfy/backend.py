@@ -88,9 +88,31 @@ class ComfyBackend:
                     probes[n * PROBE_SIDE ** 2] = self.guard.measured()
                 estimate = self.last_estimate = MemoryEstimate(probes)
                 free = host.free_memory(self.device)
+        movable, streamed = self.offloadable()
         self.plan = choose_memory(self.memory, estimate, free, batch, latents.shape[-2] * latents.shape[-1], micro,
-                                  most)
+                                  most, movable, streamed)
         return self.plan
+
+    def offloadable(self) -> tuple[int, int]:
+        """(bytes of weights this host could keep in CPU memory, the most of them one UNet
+        block streams to the device at once): (0, 0) where it cannot offload."""
+        if not host.can_offload(self.model):
+            return 0, 0
+        castable = lambda m: sum(p.numel() * p.element_size() for p in m.parameters(recurse=False)) \
+            if hasattr(m, "comfy_cast_weights") else 0
+        movable = sum(castable(m) for root in (self.model.model, self.clip.cond_stage_model) for m in root.modules())
+        unet = self.model.model.diffusion_model
+        blocks = [*getattr(unet, "input_blocks", []), getattr(unet, "middle_block", None), *getattr(unet, "output_blocks", [])]
+        streamed = max((sum(castable(m) for m in b.modules()) for b in blocks if b is not None), default=0)
+        return movable, streamed
+
+    def offload(self) -> int:
+        """Move the plan's share of the weights to CPU memory (memory=offload), then make what
+        moved usable by autograd again (the host restores its unpatched weights as they were)."""
+        moved = host.offload([self.model, self.clip.patcher], self.plan.offload)
+        de_inference(self.model.model)
+        de_inference(self.clip.cond_stage_model)
+        return moved
 
     # -- text side (the steering loss reads the frozen input token table)
     def initial_vectors(self, word: str) -> dict[str, torch.Tensor]:
@@ -143,7 +165,7 @@ class ComfyBackend:
         gradient is the same either way."""
         if self.plan is None:
             self.plan_memory(latents, captions[0], len(captions))
-        lean, n, chunk = self.plan.mode == "lean", len(captions), self.plan.chunk
+        lean, n, chunk = self.plan.mode in ("lean", "offload"), len(captions), self.plan.chunk
         if chunk >= n:
             return self._loss(vectors, latents, captions, timesteps, noise, lean)
         keys = list(vectors)

@@ -14,7 +14,7 @@ import torch
 
 from ..reversion.errors import ConfigError, NotEnoughMemory
 
-MODES = ("auto", "fast", "lean")
+MODES = ("auto", "fast", "lean", "offload")
 
 
 class InPieces(torch.autograd.Function):
@@ -49,7 +49,7 @@ GiB = 1024 ** 3
 
 @dataclass
 class MemoryPlan:
-    mode: str              # "fast" | "lean"
+    mode: str              # "fast" | "lean" | "offload" (lean, with weights kept off the device)
     chunk: int             # exemplars per forward: the update in pieces of `chunk`
     batch: int             # exemplars per update (batch_size x grad_accum)
     requested: str
@@ -57,12 +57,15 @@ class MemoryPlan:
     free: int | None
     attention: str = ""
     planned: int | None = None   # estimated bytes of this plan's forwards (if estimated)
+    offload: int = 0             # bytes of weights to keep in CPU memory, cast to the device per use
 
     def describe(self) -> str:
         split = (f", {self.batch} exemplars per update in one forward" if self.chunk >= self.batch else
                  f", {self.batch} exemplars per update in forwards of {self.chunk}")
-        what = ("gradient checkpointing of the UNet blocks and CLIP layers" if self.mode == "lean"
-                else "no checkpointing")
+        what = {"lean": "gradient checkpointing of the UNet blocks and CLIP layers",
+                "offload": f"gradient checkpointing, and {self.offload / GiB:.2f} GiB of weights kept in CPU memory "
+                           f"and streamed to the device per use (slower: each block's weights cross the bus "
+                           f"three times an update)"}.get(self.mode, "no checkpointing")
         est = "" if not self.needed else " (estimated per micro-batch " + ", ".join(
             f"{k} {v / GiB:.2f} GiB" for k, v in self.needed.items()) + \
             (f"; this plan {self.planned / GiB:.2f} GiB" if self.planned is not None else "") + \
@@ -73,7 +76,8 @@ class MemoryPlan:
         return {"mode": self.mode, "requested": self.requested, "chunk": self.chunk, "batch": self.batch,
                 "needed_gib": {k: round(v / GiB, 3) for k, v in self.needed.items()},
                 "planned_gib": None if self.planned is None else round(self.planned / GiB, 3),
-                "free_gib": None if self.free is None else round(self.free / GiB, 3), "attention": self.attention}
+                "free_gib": None if self.free is None else round(self.free / GiB, 3), "attention": self.attention,
+                **({"offload_gib": round(self.offload / GiB, 3)} if self.mode == "offload" else {})}
 
 
 class MemoryEstimate:
@@ -133,19 +137,28 @@ class MemoryEstimate:
 
 
 def choose_memory(requested: str, estimate: MemoryEstimate | None, free: int | None, batch: int,
-                  pixels: int, micro: int | None = None, most: int | None = None) -> MemoryPlan:
+                  pixels: int, micro: int | None = None, most: int | None = None, movable: int = 0,
+                  streamed: int = 0) -> MemoryPlan:
     """How the `batch` exemplars of an update (`micro` = the paper's micro-batch,
     batch_size) go through the model. fast / lean as asked, in forwards of one micro-batch
     (lean: smaller pieces if even that does not fit); auto: fast in the largest forwards
     that fit (the whole update at once when it fits: the fastest on a GPU, same gradient),
-    down to one micro-batch, else lean in the largest pieces that fit. `most` caps the
-    exemplars per forward (a benchmark's forced split; default: no cap). Refuses (before
-    training) when even lean with one exemplar per forward does not fit."""
+    down to one micro-batch, else lean in the largest pieces that fit, else offload: lean
+    with as much of the `movable` weights kept in CPU memory as makes room (a block's
+    `streamed` weights then come to the device per use). offload as asked keeps all it
+    can there. `most` caps the exemplars per forward (a benchmark's forced split; default:
+    no cap). Refuses (before training) what cannot fit even so, with the numbers."""
     if requested not in MODES:
-        raise ConfigError(f"memory must be auto, fast or lean, got {requested!r}")
+        raise ConfigError(f"memory must be auto, fast, lean or offload, got {requested!r}")
     micro = min(micro or batch, batch)
     most = min(most or batch, batch)
     needed = {} if estimate is None else {m: estimate.needed(m, micro, pixels) for m in ("fast", "lean")}
+    if requested == "offload":
+        if not movable:
+            raise NotEnoughMemory(OFFLOAD_UNAVAILABLE)
+        chunk = min(micro, most)
+        return MemoryPlan("offload", chunk, batch, requested, needed, free, offload=movable,
+                          planned=None if estimate is None else estimate.needed("lean", chunk, pixels) + streamed)
     if requested == "fast" or estimate is None or free is None:
         return MemoryPlan("lean" if requested == "lean" else "fast", min(micro, most), batch, requested, needed, free)
     # balanced pieces: 8 -> 8, 4, 3 (3+3+2), 2, 1
@@ -159,9 +172,22 @@ def choose_memory(requested: str, estimate: MemoryEstimate | None, free: int | N
         if estimate.needed("lean", chunk, pixels) <= free:
             return MemoryPlan("lean", chunk, batch, requested, needed, free,
                               planned=estimate.needed("lean", chunk, pixels))
+    if requested == "auto" and movable:
+        for chunk in (c for c in chunks if c <= min(micro, most)):
+            short = estimate.needed("lean", chunk, pixels) + streamed - free
+            if short <= movable:
+                return MemoryPlan("offload", chunk, batch, requested, needed, free, offload=short,
+                                  planned=estimate.needed("lean", chunk, pixels) + streamed)
     one = estimate.needed("lean", 1, pixels)
+    room = f" even with {movable / GiB:.2f} GiB of weights kept in CPU memory," if requested == "auto" and movable else ""
     raise NotEnoughMemory(
-        f"not enough memory to train: even memory=lean with one exemplar per forward needs about "
+        f"not enough memory to train:{room} memory=lean with one exemplar per forward needs about "
         f"{one / GiB:.2f} GiB beyond the loaded weights, and {free / GiB:.2f} GiB is free "
         f"(fast at micro-batch {micro}: {needed['fast'] / GiB:.2f} GiB). Use smaller exemplar images "
-        f"(Load Exemplars 'size'), close other models/applications, or use a smaller model")
+        f"(Load Exemplars 'size'), close other models/applications, or use a smaller model"
+        + ("" if requested != "lean" else "; memory=auto or offload may keep part of the weights in CPU memory"))
+
+
+OFFLOAD_UNAVAILABLE = ("memory=offload needs a ComfyUI that can keep part of a loaded model in CPU memory "
+                       "(partial unloading, ComfyUI 0.3 and later); this one cannot: use lean, smaller "
+                       "exemplar images, or a newer ComfyUI")

@@ -60,6 +60,8 @@ def train_relation(model, clip, vae, exemplars, config: TrainConfig, callback=No
                 plan = backend.plan_memory(latents, caption, config.batch_size * config.grad_accum, config.batch_size,
                                            max_per_forward)
                 plan.attention = attention
+                if plan.mode == "offload":
+                    plan.offload = backend.offload()
                 log.info("ReVersion Train Relation: %s", plan.describe())
                 result = trainer.train(backend, latents, exemplars.templates, config, callback,
                                        interrupt=host.check_interrupted, checkpointing=checkpointing,

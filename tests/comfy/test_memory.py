@@ -335,3 +335,86 @@ def test_the_estimate_covers_the_live_peak_and_probes_cost_less_than_a_step(host
         backend.close()
     if full:
         assert probes.peak < min(peaks.values()), (probes.peak / GiB, peaks)
+
+
+def test_auto_keeps_weights_in_cpu_memory_only_when_lean_cannot_fit():
+    """Past lean, auto offloads: as much of the movable weights as makes room for lean plus
+    one block's streamed weights; offload asked for by name keeps all it can; a host that
+    cannot offload (movable 0) is refused with the numbers, and offload by name says why."""
+    from comfyui_reversion.reversion import errors
+    from comfyui_reversion.reversion_comfy import memory
+    plan = memory.choose_memory("auto", _Estimate(), int(1.2 * GiB), 8, 64 * 64, micro=2,
+                                movable=int(4 * GiB), streamed=int(0.25 * GiB))
+    # lean with 2 per forward needs 2.5 GiB (+ 0.25 streamed): 1.55 GiB must move
+    assert (plan.mode, plan.chunk, plan.offload) == ("offload", 2, int(2.5 * GiB) + int(0.25 * GiB) - int(1.2 * GiB))
+    assert "kept in CPU memory" in plan.describe() and plan.as_dict()["offload_gib"] > 0
+    small = memory.choose_memory("auto", _Estimate(), int(1.2 * GiB), 8, 64 * 64, micro=2,
+                                 movable=int(0.7 * GiB), streamed=int(0.25 * GiB))
+    assert (small.mode, small.chunk) == ("offload", 1)       # not enough to move for 2: one per forward
+    with pytest.raises(errors.NotEnoughMemory, match=r"even with 0.20 GiB of weights kept in CPU memory"):
+        memory.choose_memory("auto", _Estimate(), int(1.2 * GiB), 8, 64 * 64, micro=2, movable=int(0.2 * GiB))
+    named = memory.choose_memory("offload", _Estimate(), int(40 * GiB), 8, 64 * 64, micro=2, movable=int(4 * GiB))
+    assert (named.mode, named.chunk, named.offload) == ("offload", 2, int(4 * GiB))
+    with pytest.raises(errors.NotEnoughMemory, match="partial unloading"):
+        memory.choose_memory("offload", _Estimate(), int(40 * GiB), 8, 64 * 64, micro=2)
+    assert memory.choose_memory("auto", _Estimate(), int(40 * GiB), 8, 64 * 64, micro=2,
+                                movable=int(4 * GiB)).mode == "fast"    # room: nothing moves
+
+
+def test_weights_cast_per_use_give_the_same_gradient(host, tiny):
+    """What offloading (ComfyUI's partial loading) does to every module it keeps off the
+    device: cast the weights to the device at each use. Forced on every module of UNet and
+    CLIP, the loss and the <R> gradient are bit for bit those of loaded weights."""
+    from comfyui_reversion.reversion_comfy import guards
+    model, clip, _ = tiny("sd1")
+    results = []
+    for cast in (False, True):
+        modules = [m for root in (model.model, clip.cond_stage_model) for m in root.modules()
+                   if hasattr(m, "comfy_cast_weights")]
+        before = [m.comfy_cast_weights for m in modules]
+        for m in modules:
+            m.comfy_cast_weights = cast or m.comfy_cast_weights
+        try:
+            with guards.training_mode():
+                backend = prepared_backend(model, clip)
+                with guards.frozen_weights(model.model, clip.cond_stage_model):
+                    inputs = batch_inputs(backend)
+                    backend.plan_memory(inputs[0], inputs[1][0], 3)
+                    results.append(loss_gradient(backend, backend.initial_vectors("and"), inputs, "lean"))
+                backend.close()
+        finally:
+            for m, flag in zip(modules, before):
+                m.comfy_cast_weights = flag
+    (loss, grads), (cast_loss, cast_grads) = results
+    assert loss == cast_loss and torch.equal(grads["clip_l"], cast_grads["clip_l"])
+
+
+def test_memory_offload_trains_like_lean_where_the_host_can_offload(host, tiny):
+    """memory=offload on the CPU: ComfyUI's partial unloading keeps the weights "off the
+    device" (here the same CPU, cast per use), and the relation is bit for bit lean's. A
+    host without partial unloading (ComfyUI 2024-03) refuses it with the reason."""
+    from comfyui_reversion.reversion import errors
+    from comfyui_reversion.reversion_comfy import host as pack_host
+    model, clip, vae = tiny("sdxl")
+    inputs = dict(exemplars=small_exemplars(2, 32), preview_every=0, train_seed=4)
+    if not pack_host.can_offload(model):
+        with pytest.raises(errors.NotEnoughMemory, match="partial unloading"):
+            run_node(host, "ReVersionTrainRelation", "train",
+                     **train_inputs(model, clip, vae, "offloaded", memory="offload", **inputs))
+        return
+    lean, _, _ = run_node(host, "ReVersionTrainRelation", "train",
+                          **train_inputs(model, clip, vae, "not_offloaded", memory="lean", **inputs))
+    first = model.model.diffusion_model.input_blocks[0][0]        # while training: cast per use?
+    seen = []
+    hook = first.register_forward_pre_hook(lambda m, args: seen.append(m.comfy_cast_weights)
+                                           if torch.is_grad_enabled() else None)
+    try:
+        offloaded, _, _ = run_node(host, "ReVersionTrainRelation", "train",
+                                   **train_inputs(model, clip, vae, "offloaded", memory="offload", **inputs))
+    finally:
+        hook.remove()
+    plan = offloaded.hyperparameters["memory"]
+    assert plan["mode"] == "offload" and plan["offload_gib"] > 0
+    assert seen == [False, False, True, True]        # the two probes before offloading, then both updates
+    for key in lean.vectors:
+        assert torch.equal(offloaded.vectors[key], lean.vectors[key])

@@ -158,3 +158,29 @@ def test_fp8_stored_weights_train_like_the_same_values_in_float32(host, family, 
     for key in grads32:
         cosine = torch.nn.functional.cosine_similarity(grads8[key].flatten(), grads32[key].flatten(), dim=0)
         assert cosine >= 0.99, (key, float(cosine))
+
+
+def test_a_lora_stays_applied_when_its_weights_are_offloaded(host):
+    """memory=offload keeps patched modules in CPU memory with their LoRA applied per use
+    (ComfyUI's LowVramPatch): the relation is bit for bit the lean one on the same patched
+    model. Hosts without partial unloading refuse offload, with the reason."""
+    import comfy.sd
+    from comfyui_reversion.reversion_comfy import host as pack_host
+    from devtools import tiny_models
+    from comfyui_reversion.reversion.errors import NotEnoughMemory
+    model, clip, vae = tiny_models.build("sd1", embedding_directory=[str(host.embeddings)], seed=4)
+    state, _ = lora(model, clip)
+    patched_model, patched_clip = comfy.sd.load_lora_for_models(model, clip, state, 1.0, 1.0)
+    inputs = dict(exemplars=small_exemplars(2, 32), preview_every=0)
+    if not pack_host.can_offload(model):          # ComfyUI 2024-03: no partial unloading
+        with pytest.raises(NotEnoughMemory, match="partial unloading"):
+            run_node(host, "ReVersionTrainRelation", "train", **train_inputs(
+                patched_model, patched_clip, vae, "lora_offload", memory="offload", **inputs))
+        return
+    lean, _, _ = run_node(host, "ReVersionTrainRelation", "train",
+                          **train_inputs(patched_model, patched_clip, vae, "lora_lean", memory="lean", **inputs))
+    offloaded, _, _ = run_node(host, "ReVersionTrainRelation", "train",
+                               **train_inputs(patched_model, patched_clip, vae, "lora_offload", memory="offload",
+                                              **inputs))
+    assert offloaded.hyperparameters["memory"]["mode"] == "offload"
+    assert torch.equal(offloaded.vectors["clip_l"], lean.vectors["clip_l"])
