@@ -354,8 +354,9 @@ def estimate_part(out: Path, families=("sd1", "sdxl")):
                "lean_one_exemplar_gib": None, "choice": {}}
         estimate = backend.last_estimate
         row["lean_one_exemplar_gib"] = round(estimate.needed("lean", 1, (size // 8) ** 2) / GiB, 2)
-        # the fitted parts (constant GiB, GiB per exemplar x latent pixel; text: per caption)
-        row["estimate_parts"] = {k: [round(getattr(estimate, k)[0] / GiB, 4), getattr(estimate, k)[1] / GiB]
+        # the fitted parts in GiB: UNet (constant, per exemplar, per exemplar x latent pixel);
+        # text (constant, per caption)
+        row["estimate_parts"] = {k: [v / GiB for v in getattr(estimate, k)]
                                  for k in ("fast", "outside", "inputs", "largest", "text", "text_lean")}
         for card in (8, 12, 16, 24):
             free = int((card - 1) * GiB - weights)

@@ -93,20 +93,20 @@ def _vae():
     return comfy.sd.VAE(**accepted(comfy.sd.VAE.__init__, sd=model.state_dict(), config=config, dtype=torch.float32))
 
 
-def model_patcher(config, seed: int, unet_dtype: torch.dtype, init, compute_dtype: torch.dtype | None = None,
-                  family: str | None = None):
-    """A ModelPatcher around the UNet `config` describes, weights in `unet_dtype` set by
-    `init(module, seed=...)`, as ComfyUI's loaders wrap a checkpoint's model. With
+def model_patcher(make_config, seed: int, unet_dtype: torch.dtype, init, compute_dtype: torch.dtype | None = None):
+    """A ModelPatcher around the UNet `make_config()` describes, weights in `unet_dtype` set
+    by `init(module, seed=...)`, as ComfyUI's loaders wrap a checkpoint's model. With
     `compute_dtype`, ComfyUI's cast ops compute in it (how fp8-stored weights run): the
     weights are then made in float32 and stored in `unet_dtype` (fp8 has no random init)."""
     import comfy.model_management as mm
     import comfy.model_patcher
+    config = make_config()
     config.set_inference_dtype(unet_dtype, compute_dtype)
     base = config.get_model({}, device="cpu")
     if compute_dtype is None:
         init(base, seed=seed)
     else:
-        source = _config(family)
+        source = make_config()
         source.set_inference_dtype(torch.float32, None)
         made = source.get_model({}, device="cpu")
         init(made, seed=seed)
@@ -124,7 +124,7 @@ def build(family: str, embedding_directory=None, seed: int = 0, unet_dtype: torc
     from comfyui_reversion.toyworld.model import init_weights
     with torch.inference_mode():
         torch.manual_seed(seed)
-        model = model_patcher(_config(family), seed, unet_dtype, init_weights, compute_dtype, family)
+        model = model_patcher(lambda: _config(family), seed, unet_dtype, init_weights, compute_dtype)
         with shallow_text_encoders():
             clip = comfy.sd.CLIP(target=_clip_target(family), embedding_directory=embedding_directory)
         init_weights(clip.cond_stage_model, seed=seed + 1)

@@ -23,7 +23,7 @@ from .patches import text_layers, unet_blocks
 from .sampling import apply_model, model_sampling, noisy_latent, prediction_and_target, sigma_for_timestep
 from .text import Captions
 
-PROBE_SIDE = 8          # the memory probes' latent side: small, so probing costs little
+PROBES = ((1, 8), (2, 8), (1, 16))     # the memory probes: (exemplars, latent side), small so they cost little
 
 
 class ComfyBackend:
@@ -59,10 +59,10 @@ class ComfyBackend:
             self.guard.close()
 
     # -- memory
-    def _probe(self, channels: int, batch: int, caption: str):
+    def _probe(self, channels: int, batch: int, caption: str, side: int = PROBES[0][1]):
         """One forward (no backward) of `batch` exemplars at a small latent."""
         g = torch.Generator().manual_seed(0)
-        x = torch.randn(batch, channels, PROBE_SIDE, PROBE_SIDE, generator=g)
+        x = torch.randn(batch, channels, side, side, generator=g)
         vectors = {k: v.requires_grad_(True) for k, v in self.initial_vectors("and").items()}
         return self._loss(vectors, x, [caption] * batch, torch.tensor([500] * batch),
                           torch.randn(x.shape, generator=g))
@@ -81,11 +81,11 @@ class ComfyBackend:
                 estimate = free = None
             else:
                 probes = {}
-                for n in (1, 2):
-                    with self.guard.find_inplace() if n == 1 else contextlib.nullcontext(), \
+                for i, (n, side) in enumerate(PROBES):
+                    with self.guard.find_inplace() if i == 0 else contextlib.nullcontext(), \
                             self.guard.measuring():
-                        self._probe(channels, n, caption)
-                    probes[n * PROBE_SIDE ** 2] = self.guard.measured()
+                        self._probe(channels, n, caption, side)
+                    probes[(n, side * side)] = self.guard.measured()
                 estimate = self.last_estimate = MemoryEstimate(probes)
                 free = host.free_memory(self.device)
         movable, streamed = self.offloadable()

@@ -1,8 +1,8 @@
 """Memory planning: how an update's exemplars go through the model.
 
-`MemoryEstimate` fits "constant + linear in exemplars x pixels" to the bytes two small
-probe forwards saved for backward; `choose_memory` turns it and the free memory into a
-`MemoryPlan` (fast or lean, exemplars per forward), or refuses with `NotEnoughMemory`
+`MemoryEstimate` fits "constant + per exemplar + per exemplar x pixel" to the bytes three
+small probe forwards saved for backward; `choose_memory` turns it and the free memory into a
+`MemoryPlan` (fast, lean or offload; exemplars per forward), or refuses with `NotEnoughMemory`
 before training starts; `InPieces` runs an update in smaller forwards with the gradient of
 one forward of everything. Plain torch: the backend measures, this module decides.
 """
@@ -81,38 +81,46 @@ class MemoryPlan:
 
 
 class MemoryEstimate:
-    """Peak training memory beyond the loaded weights, per mode, from two small probe
-    forwards (latent 8x8, one and two exemplars) whose saved tensors are counted: a
-    constant part (e.g. weight cast copies) and a part linear in exemplars x latent pixels
-    (activations; linear in pixels too because attention is SDPA). The text encoders'
-    bytes are fitted the same way, per caption: a constant part (ComfyUI computes an
-    fp16-stored CLIP in fp32, and each layer saves the cast of its weight once per call,
-    however many captions the call holds) and a part per caption. In lean, backward keeps
-    the blocks' and layers' inputs and recomputes one block, or later one text layer, at a
-    time: the peak holds the larger of the two, never both.
+    """Peak training memory beyond the loaded weights, per mode, from three small probe
+    forwards whose saved tensors are counted: one exemplar at latent 8x8, two at 8x8, one at
+    16x16. Each part of the UNet's bytes is fitted as a constant (e.g. weight cast copies),
+    a part per exemplar (cross-attention's keys and values of the 77 caption tokens: they
+    grow with exemplars, not pixels) and a part per exemplar x latent pixel (activations;
+    linear in pixels because attention is SDPA). The text encoders' bytes are fitted as a
+    constant (ComfyUI computes an fp16-stored CLIP in fp32, and each layer saves the cast of
+    its weight once per call, however many captions it holds) plus a part per caption. In
+    lean, backward keeps the blocks' and layers' inputs and recomputes one block, or later
+    one text layer, at a time: the peak holds the larger of the two, never both.
 
-    The figures are bytes autograd saves; the step's live peak measured beside them
-    (devtools/live_bytes.py, tests/comfy/test_memory.py) is 0-20% lower. MARGIN covers
-    what the count does not see (the allocator's slack, transient buffers).
+    The figures are bytes autograd saves; the live peak of a real step measured beside them
+    (devtools/live_bytes.py, bench/bench_estimate.py) is what they are checked against.
+    MARGIN covers what the count does not see (the allocator's slack, transient buffers).
 
-    `probes`: {exemplars x latent pixels: SavedTensorGuard.measured()}; the probe with
-    more exemplars holds proportionally more captions."""
+    `probes`: {(exemplars, latent pixels): SavedTensorGuard.measured()} for (1, p), (2, p)
+    and (1, q) with q > p; each exemplar has one caption."""
 
-    MARGIN, RESERVE = 1.1, 256 * 1024 ** 2
+    MARGIN, RESERVE = 1.15, 256 * 1024 ** 2
 
     def __init__(self, probes: dict):
-        (p1, m1), (p2, m2) = sorted(probes.items())
+        (_, p), (_, q) = sorted(k for k in probes if k[0] == 1)
+        base, more, bigger = probes[(1, p)], probes[(2, p)], probes[(1, q)]
 
-        def fit(f, x1=p1, x2=p2):
-            b = max(0.0, (f(m2) - f(m1)) / (x2 - x1))
-            return max(0.0, f(m1) - b * x1), b
+        def fit(f):
+            """(constant, per exemplar, per exemplar x latent pixel) of a part of the bytes."""
+            per_pixel = max(0.0, (f(bigger) - f(base)) / (q - p))
+            per_exemplar = max(0.0, f(more) - f(base) - per_pixel * p)
+            return max(0.0, f(base) - per_exemplar - per_pixel * p), per_exemplar, per_pixel
+
+        def per_caption(f):
+            """(constant, per caption) of a part of the text encoders' bytes."""
+            b = max(0.0, f(more) - f(base))
+            return max(0.0, f(base) - b), b
         blocks = lambda m: [v for k, v in m.items() if k.startswith("block")]
         layers = lambda m: [v for k, v in m.items() if k.startswith("text") and k[4:].isdigit()]
-        captions = (1, p2 / p1)              # the probes' captions, in units of the first probe's
-        self.text = fit(lambda m: m.get("text", 0) + sum(layers(m)), *captions)
+        self.text = per_caption(lambda m: m.get("text", 0) + sum(layers(m)))
         # lean: the text encoders keep their layers' inputs and recompute one layer at a time
-        self.text_kept = fit(lambda m: m.get("text", 0) + m.get("textinput", 0), *captions)
-        self.text_layer = fit(lambda m: max(layers(m), default=0), *captions)
+        self.text_kept = per_caption(lambda m: m.get("text", 0) + m.get("textinput", 0))
+        self.text_layer = per_caption(lambda m: max(layers(m), default=0))
         # the UNet's part: the text encoders' regions ("text", "text<i>", "textinput") are per caption
         self.fast = fit(lambda m: sum(v for k, v in m.items() if not k.startswith(("text", "input"))))
         self.outside = fit(lambda m: sum(v for k, v in m.items() if k == "other"))
@@ -121,18 +129,18 @@ class MemoryEstimate:
 
     @property
     def text_lean(self) -> tuple[float, float]:
-        """lean's text bytes per caption (constant, per caption), if its largest layer's
-        recompute were all that backward held at once."""
+        """lean's text bytes (constant, per caption), if its largest layer's recompute were
+        all that backward held at once."""
         return tuple(a + b for a, b in zip(self.text_kept, self.text_layer))
 
     def needed(self, mode: str, batch: int, pixels: int) -> int:
-        lin = lambda ab: ab[0] + ab[1] * pixels * batch
-        captions = lambda ab: ab[0] + ab[1] * batch
+        unet = lambda part: part[0] + (part[1] + part[2] * pixels) * batch
+        captions = lambda part: part[0] + part[1] * batch
         if mode == "fast":
-            saved = lin(self.fast) + captions(self.text)
+            saved = unet(self.fast) + captions(self.text)
         else:
-            kept = lin(self.outside) + lin(self.inputs) + captions(self.text_kept)
-            saved = kept + max(lin(self.largest), captions(self.text_layer))
+            kept = unet(self.outside) + unet(self.inputs) + captions(self.text_kept)
+            saved = kept + max(unet(self.largest), captions(self.text_layer))
         return int(self.MARGIN * saved + self.RESERVE)
 
 

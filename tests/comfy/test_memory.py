@@ -154,27 +154,28 @@ def test_too_little_memory_stops_before_training_with_the_numbers():
         memory.choose_memory("lean", _Estimate(), 1 * GiB, 4, 64 * 64)
 
 
-def test_memory_estimate_is_linear_in_exemplars_and_pixels():
+def test_memory_estimate_separates_constant_exemplar_and_pixel_parts():
+    """Three probes, (exemplars, latent pixels) = (1, 64), (2, 64), (1, 256): each part is a
+    constant, a part per exemplar (cross-attention's caption keys and values: more
+    exemplars, not more pixels) and a part per exemplar x pixel; text per caption."""
     from comfyui_reversion.reversion_comfy import memory
-    probes = {256: {"text": 10, "other": 100 + 256, "block0": 4 * 256, "block1": 2 * 256, "input0": 256},
-              1024: {"text": 10, "other": 100 + 1024, "block0": 4 * 1024, "block1": 2 * 1024, "input0": 1024}}
-    est = memory.MemoryEstimate(probes)
+
+    def probe(exemplars, pixels):
+        per = exemplars * pixels
+        return {"other": 100 + 30 * exemplars + per, "block0": 4 * per + 20 * exemplars, "block1": 2 * per,
+                "input0": per, "text": 2 + 2 * exemplars, "text0": 1 + 2 * exemplars, "text1": 1 + 2 * exemplars,
+                "textinput": exemplars}
+    est = memory.MemoryEstimate({(1, 64): probe(1, 64), (2, 64): probe(2, 64), (1, 256): probe(1, 256)})
     est.MARGIN, est.RESERVE = 1.0, 0
-    assert est.needed("fast", 2, 4096) == 100 + 7 * 4096 * 2 + 10          # text the same for 1 or 4 captions: once
-    assert est.needed("lean", 2, 4096) == 100 + (1 + 1 + 4) * 4096 * 2 + 10
-    # text bytes by layer (the wrapper's labels), per caption, not per pixel, in both modes:
-    # each part 1 x (probe 1) and 4 x (probe 2) plus a constant (a weight cast, saved once per call)
-    for p, captions in ((probes[256], 1), (probes[1024], 4)):
-        p.update({"text": 2 + 2 * captions, "text0": 1 + 2 * captions, "text1": 1 + 2 * captions,
-                  "textinput": 1 * captions})
-    est = memory.MemoryEstimate(probes)
-    est.MARGIN, est.RESERVE = 1.0, 0
+    assert est.fast == (100, 50, 7) and est.outside == (100, 30, 1) and est.largest == (0, 20, 4)
     assert est.text == (4, 6) and est.text_kept == (2, 3) and est.text_layer == (1, 2)
-    assert est.needed("fast", 2, 4096) == 100 + 7 * 4096 * 2 + 4 + 2 * 6
-    # lean: the kept inputs, then the larger of the largest block's recompute (4 x 4096 x 2)
-    # and the largest text layer's (1 + 2 x 2): backward never holds both
-    assert est.needed("lean", 2, 4096) == 100 + (1 + 1) * 4096 * 2 + 2 + 2 * 3 + 4 * 4096 * 2
-    assert est.needed("lean", 2, 0) == 100 + 2 + 2 * 3 + (1 + 2 * 2)               # no pixels: the text layer is larger
+    n, pixels = 2, 4096            # extrapolated far from the probes' sizes, exactly
+    assert est.needed("fast", n, pixels) == 100 + (50 + 7 * pixels) * n + 4 + 6 * n
+    # lean: the kept inputs, then the larger of the largest block's recompute and the
+    # largest text layer's (backward never holds both)
+    kept = 100 + (30 + pixels) * n + pixels * n + 2 + 3 * n
+    assert est.needed("lean", n, pixels) == kept + (20 + 4 * pixels) * n
+    assert est.needed("lean", n, 0) == 100 + 30 * n + 2 + 3 * n + max(20 * n, 1 + 2 * n)
 
 
 def test_auto_choice_is_reported(host, tiny):
@@ -215,10 +216,10 @@ def test_full_size_sd15_trains_one_lean_update(host):
     start = clip.cond_stage_model.clip_l.transformer.get_input_embeddings().weight[
         text.text_encoders(clip)[0].single_id("and", "init")].float().cpu()
     assert 0 < (result.vectors["clip_l"] - start).norm() < 1.0
-    # 2 probe forwards (25 blocks each, with grad), the training forward: input block 0 (a
+    # 3 probe forwards (25 blocks each, with grad), the training forward: input block 0 (a
     # convolution of the noisy latent, nothing depends on <R>) with grad and 24 checkpointed
     # blocks without, then the 24 recomputed in backward
-    assert blocks == [True] * 50 + [True] + [False] * 24 + [True] * 24
+    assert blocks == [True] * 75 + [True] + [False] * 24 + [True] * 24
 
 
 @pytest.mark.parametrize("memory", ["auto", "lean"])
@@ -267,7 +268,7 @@ def test_lean_keeps_only_the_text_layers_inputs(host, tiny, family):
     # lean: each layer's saved bytes are its input alone (the checkpoint's), so at most 1x its input
     inputs = saved[True]["textinput"]
     assert len(lean) == n_layers and sum(lean.values()) <= inputs < sum(fast.values()) / 4
-    est = memory.MemoryEstimate({64: saved[False], 128: saved[False]})       # no per-caption part: all constant
+    est = memory.MemoryEstimate({(1, 64): saved[False], (2, 64): saved[False], (1, 256): saved[False]})   # all constant
     assert est.text_lean[0] < est.text[0] == saved[False].get("text", 0) + sum(fast.values())
 
 
@@ -415,6 +416,6 @@ def test_memory_offload_trains_like_lean_where_the_host_can_offload(host, tiny):
         hook.remove()
     plan = offloaded.hyperparameters["memory"]
     assert plan["mode"] == "offload" and plan["offload_gib"] > 0
-    assert seen == [False, False, True, True]        # the two probes before offloading, then both updates
+    assert seen == [False] * 3 + [True, True]        # the three probes before offloading, then both updates
     for key in lean.vectors:
         assert torch.equal(offloaded.vectors[key], lean.vectors[key])

@@ -184,3 +184,21 @@ def test_a_lora_stays_applied_when_its_weights_are_offloaded(host):
                                               **inputs))
     assert offloaded.hyperparameters["memory"]["mode"] == "offload"
     assert torch.equal(offloaded.vectors["clip_l"], lean.vectors["clip_l"])
+
+
+@pytest.mark.parametrize("sampling", ["v_prediction", "eps"])
+def test_model_sampling_discrete_sets_the_training_target(host, tiny, sampling):
+    """ModelSamplingDiscrete (v_prediction on an eps model, eps on a v one) changes what the
+    model predicts: training takes its targets from the patched sampling, so the loss
+    changes, and the MODEL's patches are as before after training."""
+    from comfy_extras.nodes_model_advanced import ModelSamplingDiscrete
+    from comfyui_reversion.reversion_comfy import sampling as pack_sampling
+    model, clip, _ = tiny("sd1" if sampling == "v_prediction" else "sd2v")
+    (patched,) = ModelSamplingDiscrete().patch(model, sampling, False)
+    patches = dict(patched.object_patches)
+    assert pack_sampling.is_v_prediction(pack_sampling.model_sampling(patched)) == (sampling == "v_prediction")
+    assert pack_sampling.is_v_prediction(pack_sampling.model_sampling(model)) != (sampling == "v_prediction")
+    patched_loss, _ = update_gradient(patched, clip)
+    plain_loss, _ = update_gradient(model, clip)
+    assert patched_loss != pytest.approx(plain_loss, rel=1e-3)
+    assert patched.object_patches == patches
