@@ -29,9 +29,9 @@ def update_gradient(model, clip, seed=5):
     return loss.item(), {k: v.grad for k, v in vectors.items()}
 
 
-def lora(model, clip, rank=2, seed=0):
-    """A LoRA (kohya key names, the loader's own mapping) for one attention weight of the
-    UNet and one MLP weight of the text encoder, and the delta each adds to its weight."""
+def lora(model, clip, rank=2, seed=0, kind="lora"):
+    """A LoRA or LoHa (kohya key names, the loader's own mapping) for one attention weight of
+    the UNet and one MLP weight of the text encoder, and the delta each adds to its weight."""
     import comfy.lora
     g = torch.Generator().manual_seed(seed)
     state, deltas = {}, {}
@@ -43,22 +43,32 @@ def lora(model, clip, rank=2, seed=0):
         name, key = next((n, k) for n, k in sorted(keys.items())
                          if isinstance(k, str) and k.endswith(want) and n.startswith("lora_"))
         out_features, in_features = weights[prefix + key].shape
-        up, down = torch.randn(out_features, rank, generator=g) * 0.3, torch.randn(rank, in_features, generator=g) * 0.3
-        state.update({f"{name}.lora_up.weight": up, f"{name}.lora_down.weight": down,
-                      f"{name}.alpha": torch.tensor(float(rank))})            # alpha = rank: scale 1
-        deltas[prefix + key] = up @ down
+
+        def pair():
+            return torch.randn(out_features, rank, generator=g) * 0.3, torch.randn(rank, in_features, generator=g) * 0.3
+        up, down = pair()
+        state[f"{name}.alpha"] = torch.tensor(float(rank))                     # alpha = rank: scale 1
+        if kind == "lora":
+            state.update({f"{name}.lora_up.weight": up, f"{name}.lora_down.weight": down})
+            deltas[prefix + key] = up @ down
+        else:                                                                  # LoHa: a Hadamard product of two
+            up2, down2 = pair()
+            state.update({f"{name}.hada_w1_a": up, f"{name}.hada_w1_b": down,
+                          f"{name}.hada_w2_a": up2, f"{name}.hada_w2_b": down2})
+            deltas[prefix + key] = (up @ down) * (up2 @ down2)
     return state, deltas
 
 
-def test_a_lora_trains_like_the_same_weights_merged_by_hand(host):
-    """LoraLoader's patches (MODEL and CLIP) are applied when the models load for training:
-    the loss and the <R> gradient equal those of a copy with the LoRA merged into its
-    weights by hand; sampling afterwards is what it was before training."""
+@pytest.mark.parametrize("kind", ["lora", "loha"])
+def test_a_lora_trains_like_the_same_weights_merged_by_hand(host, kind):
+    """LoraLoader's patches (MODEL and CLIP; LoRA or LoHa) are applied when the models load
+    for training: the loss and the <R> gradient equal those of a copy with the patch merged
+    into its weights by hand; sampling afterwards is what it was before training."""
     import comfy.sd
     from devtools import tiny_models
     model, clip, _ = tiny_models.build("sd1", embedding_directory=[str(host.embeddings)], seed=4)
     merged_model, merged_clip, _ = tiny_models.build("sd1", embedding_directory=[str(host.embeddings)], seed=4)
-    state, deltas = lora(model, clip)
+    state, deltas = lora(model, clip, kind=kind)
     patched_model, patched_clip = comfy.sd.load_lora_for_models(model, clip, state, 1.0, 1.0)
     assert len(patched_model.patches) == 1 and len(patched_clip.patcher.patches) == 1
     with torch.inference_mode():
