@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from comfyui_reversion.reversion.words import STANDIN
-from conftest import prepared_backend, run_node, run_node_ui, small_exemplars, train_inputs
+from conftest import prepared_backend, run_node, run_node_ui, sample_latent, small_exemplars, train_inputs
 
 
 def update_gradient(model, clip, seed=5):
@@ -78,14 +78,7 @@ def test_a_lora_trains_like_the_same_weights_merged_by_hand(host, kind):
             weight = module.state_dict()[name]                 # merged in float32, rounded once, as ComfyUI does
             weight.copy_((weight.float() + delta).to(weight.dtype))
 
-    def sample(model, clip):
-        (pos,) = run_node(host, "CLIPTextEncode", "encode", clip=clip, text="a cat and a dog")
-        (neg,) = run_node(host, "CLIPTextEncode", "encode", clip=clip, text="")
-        (latent,) = run_node(host, "EmptyLatentImage", "generate", width=64, height=64, batch_size=1)
-        (out,) = run_node(host, "KSampler", "sample", model=model, seed=4, steps=2, cfg=3.0, sampler_name="euler",
-                          scheduler="normal", positive=pos, negative=neg, latent_image=latent)
-        return out["samples"].clone()
-    before = sample(patched_model, patched_clip)
+    before = sample_latent(host, patched_model, patched_clip)
     loss, grads = update_gradient(patched_model, patched_clip)
     plain_loss, plain_grads = update_gradient(model, clip)
     merged_loss, merged_grads = update_gradient(merged_model, merged_clip)
@@ -93,7 +86,7 @@ def test_a_lora_trains_like_the_same_weights_merged_by_hand(host, kind):
     torch.testing.assert_close(grads["clip_l"], merged_grads["clip_l"], rtol=1e-4, atol=1e-7)
     assert not torch.allclose(grads["clip_l"], plain_grads["clip_l"], rtol=1e-3)
     assert len(patched_model.patches) == 1 and len(patched_clip.patcher.patches) == 1
-    assert torch.equal(sample(patched_model, patched_clip), before)
+    assert torch.equal(sample_latent(host, patched_model, patched_clip), before)
 
 
 def test_freeu_acts_in_the_training_forward(host, tiny):
