@@ -328,10 +328,10 @@ def auto_table(memory: dict, size: int) -> dict:
 # ----------------------------------------------------------------- the auto choice, GPU sizes
 
 def estimate_part(out: Path, families=("sd1", "sdxl")):
-    """The memory plan's estimate (two probe forwards) for SD1.5 at 512 px and SDXL at
+    """The memory plan's estimate (three probe forwards) for SD1.5 at 512 px and SDXL at
     1024 px, micro-batch 2, UNet weights fp16 computing in fp16 (no manual cast, as on a
     GPU), CLIP stored fp16 and computed fp32 (as ComfyUI runs it on a GPU: the casts of its
-    weights are saved for backward); and what auto would choose with 8/12/16/24 GiB cards,
+    weights are saved for backward); and what auto would choose with 4-24 GiB cards,
     where free = card - weights - 1 GiB (ComfyUI's own reserve and the CUDA context; an
     assumption)."""
     from devtools import full_models
@@ -339,8 +339,9 @@ def estimate_part(out: Path, families=("sd1", "sdxl")):
     from comfyui_reversion.reversion.words import STANDIN
     from comfyui_reversion.reversion_comfy.memory import choose_memory
     torch.set_num_threads(1)
-    report = {"assumption": "free = card - weights - 1 GiB; estimates from CPU probes, UNet fp16, "
-                            "CLIP stored fp16 and computed fp32 (as on a GPU)",
+    report = {"assumption": "free = card - weights - 1 GiB (negative: the weights do not fit; offload moves "
+                            "them); estimates from CPU probes, UNet fp16, CLIP stored fp16 and computed fp32 "
+                            "(as on a GPU); 2 x 4 exemplars per update",
               "models": {}}
     for family, size in [(f, {"sd1": 512, "sdxl": 1024}[f]) for f in families]:
         with comfy_flag("fp16_text_enc", True):
@@ -354,16 +355,19 @@ def estimate_part(out: Path, families=("sd1", "sdxl")):
                "lean_one_exemplar_gib": None, "choice": {}}
         estimate = backend.last_estimate
         row["lean_one_exemplar_gib"] = round(estimate.needed("lean", 1, (size // 8) ** 2) / GiB, 2)
-        # the fitted parts (constant GiB, GiB per exemplar x latent pixel) and text bytes per caption
-        row["estimate_parts"] = {k: [round(getattr(estimate, k)[0] / GiB, 4), getattr(estimate, k)[1] / GiB]
-                                 for k in ("fast", "outside", "inputs", "largest")}
-        row["estimate_parts"].update(text_gib=round(estimate.text / GiB, 3),
-                                     text_lean_gib=round(estimate.text_lean / GiB, 3))
-        for card in (8, 12, 16, 24):
+        # the fitted parts in GiB: UNet (constant, per exemplar, per exemplar x latent pixel);
+        # text (constant, per caption)
+        row["estimate_parts"] = {k: [v / GiB for v in getattr(estimate, k)]
+                                 for k in ("fast", "outside", "inputs", "largest", "text", "text_lean")}
+        movable, streamed = backend.offloadable()
+        row["offloadable_gib"] = round(movable / GiB, 2)
+        for card in (4, 6, 8, 12, 16, 24):
             free = int((card - 1) * GiB - weights)
             try:
-                plan = choose_memory("auto", estimate, free, 8, (size // 8) ** 2, micro=2)
-                row["choice"][f"{card} GiB"] = f"{plan.mode}, {plan.chunk} per forward"
+                plan = choose_memory("auto", estimate, free, 8, (size // 8) ** 2, micro=2, movable=movable,
+                                     streamed=streamed)
+                row["choice"][f"{card} GiB"] = f"{plan.mode}, {plan.chunk} per forward" + (
+                    f", {plan.offload / GiB:.1f} GiB of weights in CPU memory" if plan.mode == "offload" else "")
             except NotEnoughMemory:
                 row["choice"][f"{card} GiB"] = "refused before training"
         report["models"][family] = row

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The one prepared device run (GPU speed and memory; the toy model on a GPU), within the 600 s of one call on an H200
+# The one prepared device run (GPU speed and memory, emulated small cards; the toy model on a GPU),
+# within the 600 s of one call on an H200
 # (profile <= PROFILE_SECONDS 150, bench <= BENCH_SECONDS 330, toy TOY_MINUTES 2.5 + ~0.5,
 # gates <= GATE_SECONDS 60: all of them do not fit one call, so with no SKIP_ flag the toy
 # part is skipped; profile + toy and bench + toy fit):
@@ -10,6 +11,10 @@
 #      fp32/fp16/bf16, per memory mode: peak VRAM, time, <R> gradient cosine to fp32 and
 #      zero share; whole updates (memory=auto) and the paper's procedure (fp32): the ratio.
 #      Its JSON is rewritten after every row, so a run stopped at BENCH_SECONDS keeps the rows.
+#   1b. bench/bench_cards.py: memory=auto on emulated cards (the process and ComfyUI's free memory capped
+#      to 4-24 GB; CARDS="4 6 8 12 24"), SD1.5 512 and SDXL 1024 in bf16 and SDXL with fp8 weights, 3 updates
+#      of 2 x 4 each: the choice, peak VRAM, s/update, trained / refused / OOM (cards.json; <= CARDS_SECONDS 250).
+#      For the cards-and-models measurements run: SKIP_PROFILE=1 SKIP_TOY=1 (bench + cards, ~9.5 min).
 #   2. the toy model trained from scratch on the GPU (`make toy-model`'s recipe) with three
 #      training mixes side by side (the GPU is far from busy with one: each run is bound by
 #      its own CPU thread), then each one's gate (`make toy-gate`'s evaluation).
@@ -57,6 +62,14 @@ if [ -z "${SKIP_BENCH:-}" ]; then
   timeout "${BENCH_SECONDS:-330}" $PY -m bench.bench_scale gpu ${TINY:+--tiny} --out "$OUT/scale_gpu.json" \
     > "$OUT/scale_gpu.log" 2>&1
   stamp "bench_scale gpu: exit $?"
+fi
+
+if [ -z "${SKIP_CARDS:-}" ]; then
+  # emulated cards (memory=auto under 4-24 GB caps, 3 updates each; bench/bench_cards.py)
+  stamp "bench_cards: start"
+  timeout "${CARDS_SECONDS:-250}" $PY -m bench.bench_cards ${TINY:+--tiny} --caps ${CARDS:-4 6 8 12 24} \
+    --out "$OUT/cards.json" > "$OUT/cards.log" 2>&1
+  stamp "bench_cards: exit $?"
 fi
 
 if [ -z "${SKIP_PROFILE:-}" ] && [ -z "${SKIP_BENCH:-}" ] && [ -z "${SKIP_TOY:-}" ]; then

@@ -68,14 +68,15 @@ def _vae(full: bool):
 
 
 def build(family: str, embedding_directory=None, seed: int = 0, unet_dtype: torch.dtype = torch.float32,
-          clip_dtype: torch.dtype | None = None, full_vae: bool = False):
+          clip_dtype: torch.dtype | None = None, full_vae: bool = False, compute_dtype: torch.dtype | None = None):
     """(MODEL, CLIP, VAE) of a full-size `family` model ("sd1", "sd2v", "sdxl"), random
-    weights; the VAE is the tiny test VAE unless `full_vae` (SD's real VAE architecture)."""
+    weights; the VAE is the tiny test VAE unless `full_vae` (SD's real VAE architecture).
+    fp8 `unet_dtype` needs a `compute_dtype` (see tiny_models.model_patcher)."""
     import comfy.sd
     from comfyui_reversion.reversion_comfy.host import accepted
     with torch.inference_mode():
         torch.manual_seed(seed)
-        model = tiny_models.model_patcher(_config(family), seed, unet_dtype, fast_random_init)
+        model = tiny_models.model_patcher(lambda: _config(family), seed, unet_dtype, fast_random_init, compute_dtype)
         kwargs = accepted(comfy.sd.CLIP.__init__, model_options={"dtype": clip_dtype}) if clip_dtype else {}
         clip = comfy.sd.CLIP(target=tiny_models._clip_target(family), embedding_directory=embedding_directory,
                              **kwargs)

@@ -93,26 +93,38 @@ def _vae():
     return comfy.sd.VAE(**accepted(comfy.sd.VAE.__init__, sd=model.state_dict(), config=config, dtype=torch.float32))
 
 
-def model_patcher(config, seed: int, unet_dtype: torch.dtype, init):
-    """A ModelPatcher around the UNet `config` describes, weights in `unet_dtype` set by
-    `init(module, seed=...)`, as ComfyUI's loaders wrap a checkpoint's model."""
+def model_patcher(make_config, seed: int, unet_dtype: torch.dtype, init, compute_dtype: torch.dtype | None = None):
+    """A ModelPatcher around the UNet `make_config()` describes, weights in `unet_dtype` set
+    by `init(module, seed=...)`, as ComfyUI's loaders wrap a checkpoint's model. With
+    `compute_dtype`, ComfyUI's cast ops compute in it (how fp8-stored weights run): the
+    weights are then made in float32 and stored in `unet_dtype` (fp8 has no random init)."""
     import comfy.model_management as mm
     import comfy.model_patcher
-    config.set_inference_dtype(unet_dtype, None)
+    config = make_config()
+    config.set_inference_dtype(unet_dtype, compute_dtype)
     base = config.get_model({}, device="cpu")
-    init(base, seed=seed)
+    if compute_dtype is None:
+        init(base, seed=seed)
+    else:
+        source = make_config()
+        source.set_inference_dtype(torch.float32, None)
+        made = source.get_model({}, device="cpu")
+        init(made, seed=seed)
+        base.diffusion_model.load_state_dict(made.diffusion_model.state_dict())
     return comfy.model_patcher.ModelPatcher(base, load_device=mm.get_torch_device(),
                                             offload_device=mm.unet_offload_device())
 
 
-def build(family: str, embedding_directory=None, seed: int = 0, unet_dtype: torch.dtype = torch.float32):
+def build(family: str, embedding_directory=None, seed: int = 0, unet_dtype: torch.dtype = torch.float32,
+          compute_dtype: torch.dtype | None = None):
     """(MODEL, CLIP, VAE) of a tiny `family` model: "sd1", "sd2v" or "sdxl" (UNet weights
-    in `unet_dtype`: fp16 is how SD checkpoints load on most GPUs)."""
+    in `unet_dtype`: fp16 is how SD checkpoints load on most GPUs; fp8 needs a
+    `compute_dtype`, as ComfyUI's UNETLoader weight_dtype fp8_e4m3fn / fp8_e5m2 gives)."""
     import comfy.sd
     from comfyui_reversion.toyworld.model import init_weights
     with torch.inference_mode():
         torch.manual_seed(seed)
-        model = model_patcher(_config(family), seed, unet_dtype, init_weights)
+        model = model_patcher(lambda: _config(family), seed, unet_dtype, init_weights, compute_dtype)
         with shallow_text_encoders():
             clip = comfy.sd.CLIP(target=_clip_target(family), embedding_directory=embedding_directory)
         init_weights(clip.cond_stage_model, seed=seed + 1)

@@ -96,6 +96,8 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)   # one record per update
     stopped_early: bool = False
     seconds: float = 0.0
+    memory: dict = field(default_factory=dict)      # the backend's memory plan (ComfyBackend's)
+    left_out: list = field(default_factory=list)    # what of the model the backend could not apply
 
     @property
     def steps_done(self) -> int:

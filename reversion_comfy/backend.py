@@ -2,8 +2,9 @@
 
 The trainer loop asks it for the init word's vectors, the steering loss's token rows and
 the denoising loss of an update. Text goes through the host's own `encode_from_tokens`
-with the relation vector injected (text.py); the UNet through the model's `extra_conds` +
-`apply_model` (SDXL's `y` included); noise and targets through the host's `model_sampling`
+with the relation vector injected (text.py); the UNet through the model's `extra_conds`
+(SDXL's `y` included) and `apply_model` as the sampler calls it, with the patches other
+nodes put on the MODEL; noise and targets through the host's `model_sampling`
 (sampling.py). How an update's exemplars go through the model is the memory plan's
 decision (memory.py); the gradient is the same in every plan.
 """
@@ -19,10 +20,10 @@ from . import host
 from .guards import SavedTensorGuard, de_inference
 from .memory import InPieces, MemoryEstimate, MemoryPlan, choose_memory
 from .patches import text_layers, unet_blocks
-from .sampling import model_sampling, noisy_latent, prediction_and_target, sigma_for_timestep
+from .sampling import apply_model, model_sampling, noisy_latent, prediction_and_target, sigma_for_timestep
 from .text import Captions
 
-PROBE_SIDE = 8          # the memory probes' latent side: small, so probing costs little
+PROBES = ((1, 8), (2, 8), (1, 16))     # the memory probes: (exemplars, latent side), small so they cost little
 
 
 class ComfyBackend:
@@ -58,10 +59,10 @@ class ComfyBackend:
             self.guard.close()
 
     # -- memory
-    def _probe(self, channels: int, batch: int, caption: str):
+    def _probe(self, channels: int, batch: int, caption: str, side: int = PROBES[0][1]):
         """One forward (no backward) of `batch` exemplars at a small latent."""
         g = torch.Generator().manual_seed(0)
-        x = torch.randn(batch, channels, PROBE_SIDE, PROBE_SIDE, generator=g)
+        x = torch.randn(batch, channels, side, side, generator=g)
         vectors = {k: v.requires_grad_(True) for k, v in self.initial_vectors("and").items()}
         return self._loss(vectors, x, [caption] * batch, torch.tensor([500] * batch),
                           torch.randn(x.shape, generator=g))
@@ -73,22 +74,45 @@ class ComfyBackend:
         micro-batches of `micro`, at most `most` per forward) go through the model (see
         `choose_memory`)."""
         channels = latents.shape[1]
-        if self.memory == "fast":
-            with self.guard.find_inplace():
-                self._probe(channels, 1, caption)
-            estimate = free = None
-        else:
-            probes = {}
-            for n in (1, 2):
-                with self.guard.find_inplace() if n == 1 else contextlib.nullcontext(), \
-                        self.guard.measuring():
-                    self._probe(channels, n, caption)
-                probes[n * PROBE_SIDE ** 2] = self.guard.measured()
-            estimate = self.last_estimate = MemoryEstimate(probes)
-            free = host.free_memory(self.device)
+        with self.guard.probing():          # cut into sections: a probe never holds a whole forward
+            if self.memory == "fast":
+                with self.guard.find_inplace():
+                    self._probe(channels, 1, caption)
+                estimate = free = None
+            else:
+                probes = {}
+                for i, (n, side) in enumerate(PROBES):
+                    with self.guard.find_inplace() if i == 0 else contextlib.nullcontext(), \
+                            self.guard.measuring():
+                        self._probe(channels, n, caption, side)
+                    probes[(n, side * side)] = self.guard.measured()
+                estimate = self.last_estimate = MemoryEstimate(probes)
+                free = host.free_memory(self.device)
+        movable, streamed = self.offloadable()
         self.plan = choose_memory(self.memory, estimate, free, batch, latents.shape[-2] * latents.shape[-1], micro,
-                                  most)
+                                  most, movable, streamed)
         return self.plan
+
+    def offloadable(self) -> tuple[int, int]:
+        """(bytes of weights this host could keep in CPU memory, the most of them one UNet
+        block streams to the device at once): (0, 0) where it cannot offload."""
+        if not host.can_offload(self.model):
+            return 0, 0
+        castable = lambda m: sum(p.numel() * p.element_size() for p in m.parameters(recurse=False)) \
+            if hasattr(m, "comfy_cast_weights") else 0
+        movable = sum(castable(m) for root in (self.model.model, self.clip.cond_stage_model) for m in root.modules())
+        unet = self.model.model.diffusion_model
+        blocks = [*getattr(unet, "input_blocks", []), getattr(unet, "middle_block", None), *getattr(unet, "output_blocks", [])]
+        streamed = max((sum(castable(m) for m in b.modules()) for b in blocks if b is not None), default=0)
+        return movable, streamed
+
+    def offload(self) -> int:
+        """Move the plan's share of the weights to CPU memory (memory=offload), then make what
+        moved usable by autograd again (the host restores its unpatched weights as they were)."""
+        moved = host.offload([self.model, self.clip.patcher], self.plan.offload)
+        de_inference(self.model.model)
+        de_inference(self.clip.cond_stage_model)
+        return moved
 
     # -- text side (the steering loss reads the frozen input token table)
     def initial_vectors(self, word: str) -> dict[str, torch.Tensor]:
@@ -130,7 +154,7 @@ class ComfyBackend:
             noise = noise.to(x0)
             sigma = sigma_for_timestep(self.ms, timesteps.to(self.device)).to(x0)
             x = noisy_latent(x0, noise, sigma)
-            denoised = self.model.model.apply_model(x, sigma, **self.model_conds(cond, pooled, x))
+            denoised = apply_model(self.model, x, sigma, self.model_conds(cond, pooled, x))
             pred, target = prediction_and_target(self.ms, x, x0, noise, sigma, denoised)
             return torch.nn.functional.mse_loss(pred.float(), target.float())
 
@@ -141,7 +165,7 @@ class ComfyBackend:
         gradient is the same either way."""
         if self.plan is None:
             self.plan_memory(latents, captions[0], len(captions))
-        lean, n, chunk = self.plan.mode == "lean", len(captions), self.plan.chunk
+        lean, n, chunk = self.plan.mode in ("lean", "offload"), len(captions), self.plan.chunk
         if chunk >= n:
             return self._loss(vectors, latents, captions, timesteps, noise, lean)
         keys = list(vectors)

@@ -102,6 +102,13 @@ class SavedTensorGuard:
     everywhere else `unpack` checks the saved tensor's version (autograd skips its own
     check for hooked tensors), so a host change that adds an in-place op raises instead of
     silently corrupting gradients.
+
+    While `probing()`, a forward is cut into sections (each top-level UNet block and each
+    CLIP layer, marked by `end_section`): what a section saved is counted and its in-place
+    writes noted, then its graph is dropped, so a probe never holds more than one section's
+    saved tensors (the whole text encoder's fp32 weight casts on SDXL would be ~3 GiB, more
+    than a lean training step). In-place writes across sections (none in the known hosts)
+    go unnoticed by the probe; the version check in `unpack` still stops training on them.
     """
 
     def __init__(self, roots: list[torch.nn.Module]):
@@ -111,13 +118,17 @@ class SavedTensorGuard:
         self._handles = []
         self._record = None                 # [(tensor, version, module)] while finding
         self._stack: list[torch.nn.Module] = []
-        self.meter = None                   # {storage ptr: (bytes, region)} while measuring
+        self.meter = None                   # {(section, storage ptr): (bytes, region)} while measuring
         self.region = "other"
+        self.probe = False                  # while probing: forwards are cut into sections
+        self._section = 0
+        self._found: set[torch.nn.Module] = set()
         self._weights = {t.untyped_storage().data_ptr() for r in roots for t in (*r.parameters(), *r.buffers())}
 
     def pack(self, t):
         if self.meter is not None and t.untyped_storage().data_ptr() not in self._weights:
-            self.meter.setdefault(t.untyped_storage().data_ptr(), (t.untyped_storage().nbytes(), self.region))
+            self.meter.setdefault((self._section, t.untyped_storage().data_ptr()),
+                                  (t.untyped_storage().nbytes(), self.region))
         if self._record is not None and t.requires_grad:
             self._record.append((t, t._version, self._stack[-1] if self._stack else None))
         # detached: a saved tensor that is its own node's output would otherwise hold its
@@ -157,16 +168,42 @@ class SavedTensorGuard:
                 self._stack.pop()
 
         handles = [register_module_forward_pre_hook(enter), register_module_forward_hook(leave)]
-        self._record, self._stack = [], []
+        self._record, self._stack, self._found = [], [], set()
         try:
             with self.hooks():
                 yield
         finally:
             for h in handles:
                 h.remove()
-            found = {m for t, v, m in self._record if m is not None and t._version != v}
+            self._note_inplace()
             self._record = None
-            self.watch(self.clone_modules | found)
+            self.watch(self.clone_modules | self._found)
+
+    def _note_inplace(self) -> None:
+        """The modules whose saved tensors (recorded so far) were modified in place since."""
+        self._found |= {m for t, v, m in self._record if m is not None and t._version != v}
+        self._record.clear()
+
+    @contextlib.contextmanager
+    def probing(self):
+        """Probe forwards: cut into sections at `end_section` (see the class docstring)."""
+        self.probe = True
+        try:
+            yield
+        finally:
+            self.probe = False
+
+    def end_section(self, out):
+        """End of a top-level UNet block or CLIP layer. While probing: note its in-place
+        writes and drop its graph (its output goes on detached); else the output as is."""
+        if not self.probe or not isinstance(out, torch.Tensor):
+            return out
+        if self._record is not None:
+            self._note_inplace()
+        self._section += 1
+        if not out.requires_grad:
+            return out.detach()
+        return out.detach().requires_grad_().clone()     # not a leaf: the host may add into it in place
 
     def watch(self, modules) -> None:
         """Clone what `modules` save (instance hooks, removed by `close()`)."""

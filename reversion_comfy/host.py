@@ -1,13 +1,18 @@
 """The host's services that training calls: loading models, free memory, the progress bar,
-Cancel. Hosts differ in these functions' signatures, so keyword arguments go through
-`accepted` (a probe of the signature, never a version check).
+Cancel. Hosts differ in these functions (and newer releases manage VRAM in new ways), so
+every call is probed (`hasattr`, the signature via `accepted`), never a version check, and a
+missing function degrades to the plain behaviour instead of crashing: the tested hosts are
+ComfyUI of 2024-03 and 0.3.75; later releases are expected to work through these probes.
 """
 from __future__ import annotations
 
 import inspect
+import logging
 
 import comfy.model_management as mm
 import comfy.utils
+
+log = logging.getLogger("ReVersion")
 
 
 def accepted(fn, **kwargs) -> dict:
@@ -19,18 +24,46 @@ def accepted(fn, **kwargs) -> dict:
 
 
 def load_for_training(model, clip) -> None:
-    """The whole MODEL and CLIP on the compute device: backprop through partially loaded
-    weights is untested."""
-    mm.load_models_gpu([model, clip.patcher], **accepted(mm.load_models_gpu, force_full_load=True))
+    """The whole MODEL and CLIP on the compute device, their patches (LoRA) applied."""
+    if hasattr(mm, "load_models_gpu"):
+        mm.load_models_gpu([model, clip.patcher], **accepted(mm.load_models_gpu, force_full_load=True))
+        return
+    log.warning("ReVersion: this ComfyUI has no model_management.load_models_gpu; patching the models "
+                "where they are")
+    for patcher in (model, clip.patcher):
+        if hasattr(patcher, "patch_model"):
+            patcher.patch_model(**accepted(patcher.patch_model, device_to=patcher.load_device))
 
 
-def free_memory(device) -> int:
-    """Bytes ComfyUI reports free on `device` (after the models it loaded)."""
+def free_memory(device) -> int | None:
+    """Bytes ComfyUI reports free on `device` (after the models it loaded); None if this
+    host cannot say (the memory plan then takes the mode asked for, auto as fast)."""
+    if not hasattr(mm, "get_free_memory"):
+        return None
     return int(mm.get_free_memory(device))
 
 
+def can_offload(patcher) -> bool:
+    """Whether this host can keep part of a loaded model in CPU memory, casting each module's
+    weights to the device when it runs (ComfyUI's partial loading: 0.3 and later)."""
+    return hasattr(patcher, "partially_unload") and hasattr(patcher, "offload_device")
+
+
+def offload(patchers, nbytes: int) -> int:
+    """Keep up to `nbytes` of the patchers' loaded weights in CPU memory (their modules then
+    cast the weights to the device per use, LoRA patches included); returns the bytes moved."""
+    moved = 0
+    for patcher in patchers:
+        if moved >= nbytes:
+            break
+        if can_offload(patcher):
+            moved += int(patcher.partially_unload(patcher.offload_device, nbytes - moved) or 0)
+    return moved
+
+
 def release_cache() -> None:
-    mm.soft_empty_cache()
+    if hasattr(mm, "soft_empty_cache"):
+        mm.soft_empty_cache()
 
 
 def progress_bar(total: int):
@@ -40,4 +73,5 @@ def progress_bar(total: int):
 
 def check_interrupted() -> None:
     """Raise ComfyUI's InterruptProcessingException if the user pressed Cancel."""
-    mm.throw_exception_if_processing_interrupted()
+    if hasattr(mm, "throw_exception_if_processing_interrupted"):
+        mm.throw_exception_if_processing_interrupted()

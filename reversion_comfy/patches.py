@@ -71,7 +71,7 @@ def unet_blocks(guard: SavedTensorGuard, checkpoint: bool, interrupt=lambda: Non
         try:
             if checkpoint and uses_grad_inputs(ts, x, emb, context):
                 return ckpt.checkpoint(run, x, emb, context, use_reentrant=True, preserve_rng_state=False)
-            return run(x, emb, context)
+            return guard.end_section(run(x, emb, context))
         finally:
             guard.region = previous
 
@@ -112,7 +112,7 @@ def text_layers(guard: SavedTensorGuard, text_encoders: torch.nn.Module, checkpo
             try:
                 if checkpoint and x.requires_grad:
                     return ckpt.checkpoint(run, x, use_reentrant=True, preserve_rng_state=False)
-                return run(x)
+                return guard.end_section(run(x))
             finally:
                 guard.region = previous
         return forward

@@ -24,7 +24,7 @@ from .guards import frozen_weights, training_mode
 from .loss_plot import loss_curve
 from .patches import memory_efficient_attention
 from .progress import format_seconds, progress_callback
-from .sampling import sample_preview, vae_encode
+from .sampling import sample_preview, sampler_only_patches, vae_encode
 from .text import check_family, check_prompt, nearest_words, text_encoders
 
 log = logging.getLogger("ReVersion")
@@ -37,13 +37,18 @@ def train_relation(model, clip, vae, exemplars, config: TrainConfig, callback=No
 
     Returns the `TrainResult`, with `.memory` = the memory plan used (`memory`: "auto",
     "fast" or "lean", see memory.choose_memory; `max_per_forward` caps the exemplars per
-    forward below the micro-batch, e.g. to measure a split). Host weights are not modified:
+    forward below the micro-batch, e.g. to measure a split) and `.left_out` = the patches on
+    MODEL that only a sampler can apply (sampling.sampler_only_patches). Host weights are not modified:
     they are only re-wrapped as normal (non-inference) tensors with the same values, and
     their requires_grad flags are restored after training. `start_relation` (a Relation for
     this CLIP) replaces the init word's embedding as the starting point.
     """
     if start_relation is not None:
         check_family(start_relation, text_encoders(clip))
+    left_out = sampler_only_patches(model)
+    if left_out:
+        log.warning("ReVersion Train Relation: not applied in training (they need a sampler; previews apply "
+                    "them): %s", ", ".join(left_out))
     with training_mode():
         backend = ComfyBackend(model, clip, memory, interrupt=host.check_interrupted)
         backend.check_templates(exemplars.templates)     # fail in seconds, not after an hour
@@ -55,11 +60,14 @@ def train_relation(model, clip, vae, exemplars, config: TrainConfig, callback=No
                 plan = backend.plan_memory(latents, caption, config.batch_size * config.grad_accum, config.batch_size,
                                            max_per_forward)
                 plan.attention = attention
+                if plan.mode == "offload":
+                    plan.offload = backend.offload()
                 log.info("ReVersion Train Relation: %s", plan.describe())
                 result = trainer.train(backend, latents, exemplars.templates, config, callback,
                                        interrupt=host.check_interrupted, checkpointing=checkpointing,
                                        start_vectors=start_relation.vectors if start_relation is not None else None)
                 result.memory = plan.as_dict()
+                result.left_out = left_out
                 return result
         finally:
             backend.close()
@@ -126,6 +134,8 @@ def train_and_save(model, clip, vae, exemplars, config: TrainConfig, options: Op
                f"{format_seconds(train_seconds)} (+{format_seconds(callback.preview_seconds)} for "
                f"{callback.previews} previews), loss {losses.get('loss', float('nan')):.3g}, "
                f"{result.memory['mode']} memory")
+    if result.left_out:
+        summary += f"; not applied in training (sampler-only): {', '.join(result.left_out)}"
     log.info("[ReVersion] %s", summary)
     curve = torch.from_numpy(loss_curve(result.history)).float().div(255).unsqueeze(0)
     return Trained(relation, curve, samples, summary, train_seconds)

@@ -114,6 +114,17 @@ def run_node(host, node_name, method, **inputs):
     return out["result"] if isinstance(out, dict) and "result" in out else out
 
 
+def sample_latent(host, model, clip, steps: int = 2) -> torch.Tensor:
+    """A short KSampler run of "a cat and a dog" with stock nodes: compare it before and after
+    training to show the host's model samples exactly as it did."""
+    (pos,) = run_node(host, "CLIPTextEncode", "encode", clip=clip, text="a cat and a dog")
+    (neg,) = run_node(host, "CLIPTextEncode", "encode", clip=clip, text="")
+    (latent,) = run_node(host, "EmptyLatentImage", "generate", width=64, height=64, batch_size=1)
+    (out,) = run_node(host, "KSampler", "sample", model=model, seed=4, steps=steps, cfg=3.0, sampler_name="euler",
+                      scheduler="normal", positive=pos, negative=neg, latent_image=latent)
+    return out["samples"].clone()
+
+
 def prepared_backend(model, clip, memory: str = "fast"):
     """A ComfyBackend with the models loaded and usable by autograd (call in training_mode)."""
     from comfyui_reversion.reversion_comfy.backend import ComfyBackend

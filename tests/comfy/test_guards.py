@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from comfyui_reversion.reversion.words import STANDIN
-from conftest import directional_check, prepared_backend, run_node, train_inputs
+from conftest import directional_check, prepared_backend, run_node, sample_latent, train_inputs
 
 
 @pytest.mark.parametrize("family", ["sd1", "sdxl"])
@@ -110,12 +110,7 @@ def test_training_leaves_host_weights_bitwise_unchanged_and_sampling_identical(h
                 **{f"clip.{k}": v.clone() for k, v in clip.cond_stage_model.state_dict().items()}}
 
     def sample():
-        (pos,) = run_node(host, "CLIPTextEncode", "encode", clip=clip, text="a cat and a dog")
-        (neg,) = run_node(host, "CLIPTextEncode", "encode", clip=clip, text="")
-        (latent,) = run_node(host, "EmptyLatentImage", "generate", width=64, height=64, batch_size=1)
-        (out,) = run_node(host, "KSampler", "sample", model=model, seed=4, steps=3, cfg=3.0, sampler_name="euler",
-                          scheduler="normal", positive=pos, negative=neg, latent_image=latent)
-        return out["samples"].clone()
+        return sample_latent(host, model, clip, steps=3)
 
     before, image_before = snapshot(), sample()
     run_node(host, "ReVersionTrainRelation", "train", **train_inputs(model, clip, vae, "unchanged"))

@@ -115,3 +115,25 @@ def test_cancel_is_honoured_within_one_unet_block(host, tiny, monkeypatch):
     assert not (host.embeddings / "cancelled.safetensors").exists()
     print(f"\ninterrupt latency: {stopped - state['t']:.3f} s (one block of 32 exemplars "
           f"~{(training[-1] - training[0]) / max(1, len(training) - 1):.3f} s)")
+
+
+def test_model_management_is_probed_not_assumed(host, tiny, monkeypatch):
+    """Newer ComfyUI releases manage VRAM in new ways: every call the pack makes into model
+    management is probed. Seen through a model management that has only a load_models_gpu
+    without force_full_load (no get_free_memory, soft_empty_cache or interrupt check),
+    training still runs, auto taking fast since it cannot know the free memory."""
+    from types import SimpleNamespace
+
+    import comfy.model_management as mm
+    from comfyui_reversion.reversion_comfy import host as pack_host
+    model, clip, vae = tiny("sd1")
+    loads = []
+
+    def load_models_gpu(models, memory_required=0):
+        loads.append(len(models))
+        return mm.load_models_gpu(models, memory_required)
+    monkeypatch.setattr(pack_host, "mm", SimpleNamespace(load_models_gpu=load_models_gpu))
+    relation, _, _ = run_node(host, "ReVersionTrainRelation", "train",
+                              **train_inputs(model, clip, vae, "probed_host", memory="auto", preview_every=0))
+    assert relation.steps == 2 and torch.isfinite(relation.vectors["clip_l"]).all()
+    assert relation.hyperparameters["memory"]["mode"] == "fast" and loads == [2]     # MODEL + CLIP

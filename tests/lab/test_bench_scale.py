@@ -102,3 +102,27 @@ def test_text_bytes_part_measures_lean_text_and_leftovers(host, tmp_path):
     assert json_file(tmp_path / "text.json")["models"]["sd1"] == row
     assert 0 < row["text_saved_lean_gib"] < row["text_saved_fast_gib"] / 3
     assert row["left_after_plan_memory_gib"] == 0
+
+
+def test_emulated_cards_run_on_tiny_models(host, tmp_path):
+    """bench/bench_cards.py (GPU: SD1.5 and SDXL on 4-24 GB caps), here on tiny models with
+    ComfyUI's free memory capped: on a roomy card auto trains fast; on one too small for
+    lean it keeps weights in CPU memory where the host can (0.3.x), else refuses before
+    training; on one too small even for that it refuses, with the numbers."""
+    import comfy.model_patcher
+    from bench import bench_cards
+    report = bench_cards.cards_part(tmp_path / "cards.json", caps=(0.01, 0.2, 4), tiny=True, updates=2, timeout=600)
+    assert json_file(tmp_path / "cards.json") == report
+    rows = {(r["family"], r["cap_gib"]): r for r in report["rows"]}
+    assert set(rows) == {(f, c) for f in ("sd1", "sdxl") for c in (0.01, 0.2, 4)}
+    offloads = hasattr(comfy.model_patcher.ModelPatcher, "partially_unload")
+    for family in ("sd1", "sdxl"):
+        roomy, small, tiny_card = rows[(family, 4)], rows[(family, 0.2)], rows[(family, 0.01)]
+        assert roomy["result"] == "trained" and roomy["plan"]["mode"] == "fast" and len(roomy["losses"]) == 2
+        assert len(roomy["update_seconds"]) == 1 and roomy["first_update_seconds"] > 0
+        if offloads:
+            assert small["result"] == "trained" and small["plan"]["mode"] == "offload", small
+            assert small["plan"]["offload_gib"] > 0 and len(small["losses"]) == 2
+        else:
+            assert small["result"] == "refused before training", small
+        assert tiny_card["result"] == "refused before training" and "not enough memory" in tiny_card["message"]
