@@ -82,7 +82,7 @@ def case(family: str, size: int, dtype_name: str, cap_gib: float, updates: int, 
     from comfyui_reversion.reversion_comfy.training import train_relation
     from devtools import full_models, tiny_models
 
-    from .bench_scale import exemplars_for
+    from .measure import exemplars_for
     cuda = torch.cuda.is_available()
     cap_memory(cap_gib)
     dtype = getattr(torch, dtype_name)

@@ -62,3 +62,18 @@ class LiveBytes(TorchDispatchMode):
         if not holders:
             self.now -= self._sizes.pop(key)
             del self._holders[key]
+
+
+def reachable_tensor_bytes() -> int:
+    """Bytes of every distinct tensor storage Python can still reach (after a gc pass): what
+    a finished run left behind, where LiveBytes measures inside a region."""
+    import gc
+    gc.collect()
+    seen, total = set(), 0
+    for o in gc.get_objects():
+        if torch.is_tensor(o) and o.device.type != "meta":
+            ptr = o.untyped_storage().data_ptr()
+            if ptr not in seen:
+                seen.add(ptr)
+                total += o.untyped_storage().nbytes()
+    return total

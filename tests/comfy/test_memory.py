@@ -230,7 +230,7 @@ def test_a_training_run_leaves_no_tensors_behind(host, tiny, memory):
     through C++ that gc cannot free. A second and a third run must end where the first did."""
     from comfyui_reversion.reversion.trainer import TrainConfig
     from comfyui_reversion.reversion_comfy import training
-    from bench.bench_scale import reachable_tensor_bytes as live_tensor_bytes   # imported once, before
+    from devtools.live_bytes import reachable_tensor_bytes as live_tensor_bytes   # imported once, before
     model, clip, vae = tiny("sdxl")
     config = TrainConfig(steps=1, batch_size=2, grad_accum=1, seed=3)
     after = []

@@ -1,6 +1,6 @@
-"""bench/bench_scale.py's parts on tiny models on the CPU, so that the scripts are known to
-run when a GPU is lent: the GPU part, one CPU row, the profile, the text bytes, and the
-paper's procedure re-implemented for the speed ratio (it must reach our losses)."""
+"""bench/bench_scale.py's parts (bench/scale_*.py) on tiny models on the CPU, so that the
+scripts are known to run when a GPU is lent: the GPU part, one CPU row, the profile, the
+text bytes, and the paper's procedure re-implemented for the speed ratio (it must reach our losses)."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from bench import bench_scale
+from bench import measure, reference, scale_cpu, scale_estimate, scale_gpu, scale_profile
 
 
 def json_file(path):
@@ -19,8 +19,7 @@ def json_file(path):
 def test_gpu_benchmark_part_runs_on_tiny_models(host, tmp_path):
     """bench/bench_scale.py's GPU part (fp16/bf16 memory, time, gradient cosine to fp32),
     here on tiny models on the CPU so that the script is known to run when a GPU is lent."""
-    bench = bench_scale
-    report = bench.gpu_part(tmp_path / "gpu.json", tiny=True)
+    report = scale_gpu.gpu_part(tmp_path / "gpu.json", tiny=True)
     assert (tmp_path / "gpu.json").is_file()
     rows = report["rows"]
     assert {(r["family"], r["dtype"], r["mode"]) for r in rows} == {
@@ -45,15 +44,14 @@ def test_benchmark_reference_procedure_reaches_our_losses(host, tiny, family):
     micro-batch, whole fp32 token table, other rows restored) gives our trainer's losses."""
     from comfyui_reversion.reversion.trainer import TrainConfig
     from comfyui_reversion.reversion_comfy import training
-    bench = bench_scale
     model, clip, vae = tiny(family)      # SDXL: two text encoders, two tables, the pooled output
-    exemplars = bench.exemplars_for(64)
+    exemplars = measure.exemplars_for(64)
     config = TrainConfig(steps=2, batch_size=2, grad_accum=2, seed=2023)
     with torch.inference_mode():
         ours = training.train_relation(model, clip, vae, exemplars, config, memory="fast")
-        reference, _ = bench.reference_train(model, clip, vae, exemplars, config)
-    assert reference == pytest.approx([r["loss"] for r in ours.history], rel=1e-5)
-    assert reference[0] != reference[1]
+        ref_losses, _ = reference.reference_train(model, clip, vae, exemplars, config)
+    assert ref_losses == pytest.approx([r["loss"] for r in ours.history], rel=1e-5)
+    assert ref_losses[0] != ref_losses[1]
 
 
 def test_cpu_benchmark_row_measures_a_forced_split(host):
@@ -61,9 +59,8 @@ def test_cpu_benchmark_row_measures_a_forced_split(host):
     this one on a tiny model: the forced micro-batch split is what trained, its peak and
     per-update time are recorded, and the host's choose_memory is put back afterwards."""
     from comfyui_reversion.reversion_comfy import memory
-    bench = bench_scale
     before = memory.choose_memory
-    row = bench.cpu_row("lean, split 2 -> 1+1", 64, "sd1", threads=1, tiny=True)
+    row = scale_cpu.cpu_row("lean, split 2 -> 1+1", 64, "sd1", threads=1, tiny=True)
     assert memory.choose_memory is before
     assert (row["plan"]["mode"], row["plan"]["chunk"]) == ("lean", 1)
     assert 0 < row["estimate_gib"] < row["plan"]["needed_gib"]["lean"]     # one exemplar's, below a micro-batch's
@@ -77,8 +74,7 @@ def test_profile_part_reports_where_an_update_goes(host, tmp_path):
     counts, and the forward + backward alone with the in-place guard's hook calls. It also
     pins how often an update reads the device back (each read stalls a GPU pipeline): the
     three loss figures and AdamW's step count, and no value comparison of pooled outputs."""
-    bench = bench_scale
-    report = bench.profile_part(tmp_path / "profile.json", "sd1", 64, "float32", tiny=True, updates=3)
+    report = scale_profile.profile_part(tmp_path / "profile.json", "sd1", 64, "float32", tiny=True, updates=3)
     assert json_file(tmp_path / "profile.json")["per_update"] == report["per_update"]
     assert report["plan"]["requested"] == "auto" and report["plan"]["chunk"] == 8     # the whole update at once
     assert len(report["update_seconds"]) == 3 and report["profiled_update_seconds"] > 0
@@ -97,8 +93,7 @@ def test_text_bytes_part_measures_lean_text_and_leftovers(host, tmp_path):
     """bench_scale's text-bytes command (the figures docs/results.md quotes for full-size SD1.5
     and SDXL), here on the tiny SD1: lean keeps a fraction of the CLIP bytes fast saves, and
     planning memory leaves no tensor behind."""
-    bench = bench_scale
-    row = bench.text_bytes_part(tmp_path / "text.json", ("sd1",), tiny=True)["models"]["sd1"]
+    row = scale_estimate.text_bytes_part(tmp_path / "text.json", ("sd1",), tiny=True)["models"]["sd1"]
     assert json_file(tmp_path / "text.json")["models"]["sd1"] == row
     assert 0 < row["text_saved_lean_gib"] < row["text_saved_fast_gib"] / 3
     assert row["left_after_plan_memory_gib"] == 0
