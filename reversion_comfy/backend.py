@@ -33,11 +33,12 @@ class ComfyBackend:
 
     def __init__(self, model, clip, memory: str = "fast", interrupt=None):
         self.model, self.clip = model, clip
-        self.memory = memory                  # requested: "auto" | "fast" | "lean"
+        self.memory = memory                  # requested: one of memory.MODES
         self.interrupt = interrupt or (lambda: None)   # raises to cancel; run before every UNet block
         self.plan: MemoryPlan | None = None
         self.last_estimate: MemoryEstimate | None = None
         self.guard: SavedTensorGuard | None = None
+        self._offloaded: list = []            # (patcher, bytes left on the device) after offload()
         self.captions = Captions(clip)
         self.encoders = self.captions.encoders
         self.encoder_keys = [e.key for e in self.encoders]
@@ -109,10 +110,20 @@ class ComfyBackend:
     def offload(self) -> int:
         """Move the plan's share of the weights to CPU memory (memory=offload), then make what
         moved usable by autograd again (the host restores its unpatched weights as they were)."""
-        moved = host.offload([self.model, self.clip.patcher], self.plan.offload)
+        patchers = [self.model, self.clip.patcher]
+        moved = host.offload(patchers, self.plan.offload)
+        self._offloaded = [(p, host.loaded_bytes(p)) for p in patchers]
         de_inference(self.model.model)
         de_inference(self.clip.cond_stage_model)
         return moved
+
+    def keep_offloaded(self) -> None:
+        """After a preview: the sampler loaded what fits, undo that so the next update has the
+        room the plan counted on (no-op unless offloaded)."""
+        moved = sum(host.keep_offloaded(p, loaded) for p, loaded in self._offloaded if loaded is not None)
+        if moved:
+            de_inference(self.model.model)
+            de_inference(self.clip.cond_stage_model)
 
     # -- text side (the steering loss reads the frozen input token table)
     def initial_vectors(self, word: str) -> dict[str, torch.Tensor]:

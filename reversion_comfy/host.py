@@ -61,6 +61,20 @@ def offload(patchers, nbytes: int) -> int:
     return moved
 
 
+def keep_offloaded(patcher, loaded: int) -> int:
+    """Move weights back to CPU memory until at most `loaded` bytes of `patcher` stay on the
+    device (a sampler run in between loads as much as fits); returns the bytes moved."""
+    if not (can_offload(patcher) and hasattr(patcher, "loaded_size")):
+        return 0
+    extra = int(patcher.loaded_size()) - loaded
+    return int(patcher.partially_unload(patcher.offload_device, extra) or 0) if extra > 0 else 0
+
+
+def loaded_bytes(patcher) -> int | None:
+    """Bytes of `patcher`'s weights on its device (None where the host does not say)."""
+    return int(patcher.loaded_size()) if hasattr(patcher, "loaded_size") else None
+
+
 def release_cache() -> None:
     if hasattr(mm, "soft_empty_cache"):
         mm.soft_empty_cache()

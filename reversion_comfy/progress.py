@@ -30,16 +30,17 @@ def progress_line(step: int, total: int, elapsed: float, record: dict) -> str:
             f"{f' ({losses})' if losses else ''}, {rate:.2f} s/update, {format_seconds(rate * (total - step))} left")
 
 
-def progress_callback(total: int, preview=None, preview_every: int = 0, log_every: int | None = None):
+def progress_callback(total: int, preview=None, preview_every: int = 0):
     """Per update: honour Cancel, advance the progress bar, show the loss curve (with the time
     left) and, every `preview_every` updates, a sample drawn with the current vectors beside
-    it (`preview(vectors)` -> IMAGE); log a line to the server console every `log_every`
-    updates. The callback counts `previews` and their `preview_seconds`."""
+    it (`preview(vectors)` -> IMAGE); log a line to the server console about every tenth of
+    the run (at most every 100 updates). The callback counts `previews` and their
+    `preview_seconds`, and keeps the latest `sample` and the update it was drawn at
+    (`sample_step`)."""
     bar = host.progress_bar(total)
     history = []
     every = max(1, total // 20)
-    sample = [None]
-    log_every = log_every or max(1, min(100, total // 10))
+    log_every = max(1, min(100, total // 10))
     start = time.monotonic()
 
     def callback(step, total, record, vectors):
@@ -48,7 +49,7 @@ def progress_callback(total: int, preview=None, preview_every: int = 0, log_ever
         drawn = preview is not None and step % preview_every == 0
         if drawn:
             began = time.perf_counter()
-            sample[0] = preview(vectors)
+            callback.sample, callback.sample_step = preview(vectors), step
             callback.preview_seconds += time.perf_counter() - began
             callback.previews += 1
         if step % log_every == 0 or step == total:
@@ -57,10 +58,11 @@ def progress_callback(total: int, preview=None, preview_every: int = 0, log_ever
         if drawn or step % every == 0 or step == total:
             elapsed = time.monotonic() - start
             short = f"update {step}/{total}, {format_seconds(elapsed / step * (total - step))} left"
-            shown = ("PNG", side_by_side(loss_curve(history, status=short), sample[0]), 768)
+            shown = ("PNG", side_by_side(loss_curve(history, status=short), callback.sample), 768)
         bar.update_absolute(step, total, shown)
     callback.preview_seconds = 0.0
     callback.previews = 0
+    callback.sample, callback.sample_step = None, None
     return callback
 
 

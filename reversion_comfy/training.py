@@ -35,8 +35,8 @@ def train_relation(model, clip, vae, exemplars, config: TrainConfig, callback=No
                    max_per_forward: int | None = None) -> TrainResult:
     """Encode the exemplars once, then run the ReVersion loop on the host's model.
 
-    Returns the `TrainResult`, with `.memory` = the memory plan used (`memory`: "auto",
-    "fast" or "lean", see memory.choose_memory; `max_per_forward` caps the exemplars per
+    Returns the `TrainResult`, with `.memory` = the memory plan used (`memory`: one of
+    memory.MODES, see memory.choose_memory; `max_per_forward` caps the exemplars per
     forward below the micro-batch, e.g. to measure a split) and `.left_out` = the patches on
     MODEL that only a sampler can apply (sampling.sampler_only_patches). Host weights are not modified:
     they are only re-wrapped as normal (non-inference) tensors with the same values, and
@@ -62,6 +62,7 @@ def train_relation(model, clip, vae, exemplars, config: TrainConfig, callback=No
                 plan.attention = attention
                 if plan.mode == "offload":
                     plan.offload = backend.offload()
+                    callback = keeping_offloaded(backend, callback)
                 log.info("ReVersion Train Relation: %s", plan.describe())
                 result = trainer.train(backend, latents, exemplars.templates, config, callback,
                                        interrupt=host.check_interrupted, checkpointing=checkpointing,
@@ -72,6 +73,16 @@ def train_relation(model, clip, vae, exemplars, config: TrainConfig, callback=No
         finally:
             backend.close()
             host.release_cache()
+
+
+def keeping_offloaded(backend: ComfyBackend, callback):
+    """The per-update callback, then the offload plan put back: a preview in the callback
+    runs the sampler, which loads as much of the model as fits on the device."""
+    def after_update(*args):
+        stop = callback(*args) if callback is not None else None
+        backend.keep_offloaded()
+        return stop                # True stops training early (trainer.train)
+    return after_update
 
 
 @dataclass
@@ -120,7 +131,8 @@ def train_and_save(model, clip, vae, exemplars, config: TrainConfig, options: Op
     callback = progress_callback(config.steps, preview if options.preview_every else None, options.preview_every)
     result = train_relation(model, clip, vae, exemplars, config, callback, options.memory,
                             checkpointing=keeping, start_relation=options.init_relation)
-    samples = preview(result.vectors)
+    # the last update's preview is the final relation's: drawn once, not twice
+    samples = callback.sample if callback.sample_step == result.steps_done else preview(result.vectors)
     relation = Relation(result.vectors, name=store.check_name(options.name), init_word=config.init_word,
                         steps=result.steps_done + (options.init_relation.steps if options.init_relation else 0),
                         hyperparameters=hyperparameters(config, result.memory, options.init_relation),

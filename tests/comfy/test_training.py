@@ -35,11 +35,12 @@ def test_same_seed_gives_a_byte_identical_file(host, tiny):
     assert path.read_bytes() != first
 
 
-def test_sample_previews_show_beside_the_loss_curve_and_do_not_change_training(host, tiny):
+def test_sample_previews_show_beside_the_loss_curve_and_do_not_change_training(host, tiny, monkeypatch):
     import comfy.utils
-    from comfyui_reversion.reversion_comfy import sampling
+    from comfyui_reversion.reversion_comfy import sampling, training
     model, clip, vae = tiny("sd1")
-    seen = []
+    seen, drawn = [], []
+    monkeypatch.setattr(training, "sample_preview", lambda *a, **k: drawn.append(1) or sampling.sample_preview(*a, **k))
     comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, **kw: seen.append((value, total, preview)))
     try:
         relation, _, samples = run_node(host, "ReVersionTrainRelation", "train",
@@ -47,6 +48,7 @@ def test_sample_previews_show_beside_the_loss_curve_and_do_not_change_training(h
                                                        preview_prompt="a dog <R> a cat"))
     finally:
         comfy.utils.set_progress_bar_global_hook(None)
+    assert len(drawn) == 2            # at updates 2 and 4; the last is the samples output, not drawn again
     ours = {v: p for v, t, p in seen if t == 4}
     curve_only = ours[1][1].size                  # before the first preview: the loss curve alone
     with_sample = ours[2][1].size                 # then the curve with the sample to its right
