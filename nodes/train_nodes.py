@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from ..reversion.trainer import TrainConfig
 from ..reversion_comfy import store, training
+from ..reversion_comfy.memory import MODES
 
 CATEGORY = "ReVersion"
 _DEFAULTS = TrainConfig()
@@ -58,7 +59,7 @@ class TrainRelation:
             "train_seed": ("INT", {"default": d.seed, "min": 0, "max": 2**31 - 1, "control_after_generate": False, "tooltip": "Same seed, same result (paper: 2023). Stays fixed between runs."}),
             "overwrite": ("BOOLEAN", {"default": False, "tooltip": "Replace an existing relation file (and checkpoint) of this name."}),
         }, "optional": {   # optional: graphs saved before these inputs existed still load and run
-            "memory": (["auto", "fast", "lean", "offload"], {"default": "auto", "tooltip": "auto: the fastest plan that fits the free memory (shown on the node). fast: keep every activation. lean: recompute UNet blocks and CLIP layers in backward. offload: lean, with weights kept in CPU memory (small cards; slower). Same gradient in all."}),
+            "memory": (list(MODES), {"default": "auto", "tooltip": "auto: the fastest plan that fits the free memory (shown on the node). fast: keep every activation. lean: recompute UNet blocks and CLIP layers in backward. offload: lean, with weights kept in CPU memory (small cards; slower). Same gradient in all."}),
             "checkpoint_every": ("INT", {"default": 100, "min": 0, "max": 100000, "tooltip": "Write a checkpoint (NAME.resume beside the relation file) every N updates, at the end, and when training is cancelled or fails; 0 = only then."}),
             "resume": ("BOOLEAN", {"default": False, "tooltip": "Continue the run that NAME.resume holds (cancelled, crashed, or finished with fewer steps): same exemplars and settings; 'steps' is the total to reach."}),
             "init_relation": ("RELATION", {"tooltip": "Optional: start the relation from this one (e.g. from Load Relation) instead of the init word, to train it further."}),

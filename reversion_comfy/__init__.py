@@ -4,7 +4,7 @@ module per concern, so a host change touches one file.
     host.py       the host's services: model loading, free memory, progress bar, Cancel
     guards.py     autograd through host code: inference mode, in-place writes, frozen weights
     patches.py    temporary patches of host code (UNet blocks, CLIP layers, attention)
-    memory.py     memory planning: estimates, fast/lean, exemplars per forward
+    memory.py     memory planning: estimates, fast/lean/offload, exemplars per forward
     text.py       text encoding with the relation: injection, prompts with <R>
     sampling.py   noise schedule, targets, the VAE encode, images from the stock nodes
     backend.py    ComfyBackend: the trainer's Backend for a MODEL + CLIP

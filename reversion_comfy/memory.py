@@ -157,7 +157,7 @@ def choose_memory(requested: str, estimate: MemoryEstimate | None, free: int | N
     can there. `most` caps the exemplars per forward (a benchmark's forced split; default:
     no cap). Refuses (before training) what cannot fit even so, with the numbers."""
     if requested not in MODES:
-        raise ConfigError(f"memory must be auto, fast, lean or offload, got {requested!r}")
+        raise ConfigError(f"memory must be one of {', '.join(MODES)}, got {requested!r}")
     micro = min(micro or batch, batch)
     most = min(most or batch, batch)
     needed = {} if estimate is None else {m: estimate.needed(m, micro, pixels) for m in ("fast", "lean")}

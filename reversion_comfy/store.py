@@ -259,9 +259,8 @@ def save_relation(relation, path: Path, overwrite: bool) -> Path:
 
 
 def save_checkpoint(state: dict, path: Path) -> Path:
-    """Write a checkpoint (atomically) and record it as this server's."""
+    """Write a checkpoint (atomically)."""
     write_atomically(path, checkpoint.to_bytes(state))
-    WRITTEN.record(path)
     return path
 
 

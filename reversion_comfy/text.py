@@ -4,7 +4,7 @@ injected where the stand-in token is, prompts with <R>.
 - Training: `injected_token` wraps an encoder's token-embedding module so the stand-in's
   rows come from the (trainable) vector; text then goes through the host's own
   `encode_from_tokens`, so clip skip, SDXL's l+g concatenation and pooled output are the
-  host's. `encode_captions` encodes a whole forward's captions in one call.
+  host's. `Captions.encode_batch` encodes a whole forward's captions in one call.
 - Inference: `encode_with_relation` puts the vector in the token list where <R> was (the
   "tensor as token" route that stock `embedding:name` takes), so it equals stock
   CLIPTextEncode with `embedding:<name>` bit for bit.

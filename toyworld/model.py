@@ -114,7 +114,7 @@ def new_unet(device=None, dtype=torch.float32, config: dict | None = None):
     return config.get_model({}, device=device)
 
 
-def new_clip(embedding_directory=None, clip_class=None):
+def new_clip(embedding_directory=None):
     """The stock `comfy.sd.CLIP` wrapper around an uninitialised toy text encoder."""
     with torch.no_grad():
         return comfy.sd.CLIP(target=clip_target(), embedding_directory=embedding_directory)

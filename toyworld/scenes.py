@@ -71,10 +71,6 @@ class Scene:
     def caption(self, word: str | None = None, articles: bool = True) -> str:
         return fill(template(self.a.name, self.b.name, articles), word or self.relation)
 
-    def template(self, articles: bool = True) -> str:
-        """Caption with `{}` where the relation word goes (a ReVersion coarse description)."""
-        return template(self.a.name, self.b.name, articles)
-
 
 def template(name_a: str, name_b: str, articles: bool = True) -> str:
     return f"a {name_a} {{}} a {name_b}" if articles else f"{name_a} {{}} {name_b}"
@@ -180,7 +176,7 @@ DEGRADATIONS = {
 
 # -------------------------------------------------------------------------- placement
 
-# Geometry (the calibration run's, toyworld-notes.md): object sizes 9/11/13 px (odd, so
+# Geometry (the calibration run's, lab/toy_model/NOTES.md): object sizes 9/11/13 px (odd, so
 # circles and triangles are symmetric about a centre pixel); gaps 3-7 px; "inside": the
 # container 19-23 px, the inner object 7-9 px near the container's centre (a triangle's:
 # its incircle) with at least 1 px of the container all round; "on top of": touching.

@@ -30,7 +30,7 @@ def test_held_out_pairs_are_never_drawn_for_training():
 
 
 def test_relation_weights_set_the_training_mix():
-    """`train_toy_model.py --relation-weight inside=6` draws inside scenes that much more often."""
+    """`python -m lab.toy_model.train --relation-weight inside=6` draws inside scenes that much more often."""
     def inside_share(weights):
         rng = np.random.default_rng(2)
         drawn = [scenes.training_example(rng, relation_weights=weights)[0].relation for _ in range(1500)]
