@@ -25,35 +25,20 @@ GiB = 1024 ** 3
 
 def measure(family: str, size: int, n: int = 2) -> dict:
     from comfyui_reversion.reversion.words import STANDIN
-    from comfyui_reversion.reversion_comfy import guards, memory
-    from comfyui_reversion.reversion_comfy.backend import ComfyBackend
     from devtools import full_models
-    from devtools.live_bytes import LiveBytes
+    from devtools.live_bytes import estimate_against_live
     t0 = time.perf_counter()
     model, clip, _ = full_models.build(family)
     side = size // 8
     g = torch.Generator().manual_seed(0)
     latents, noise = torch.randn(n, 4, side, side, generator=g), torch.randn(n, 4, side, side, generator=g)
     captions, t = [f"a cat {STANDIN} a dog", f"a photo of a cat {STANDIN} a dog"][:n], torch.tensor([800, 300][:n])
-    row = {"family": family, "size": size, "exemplars": n}
-    with torch.inference_mode(), guards.training_mode():
-        backend = ComfyBackend(model, clip, "auto")
-        backend.prepare()
-        with guards.frozen_weights(model.model, clip.cond_stage_model):
-            with LiveBytes() as probes:
-                backend.plan_memory(latents, captions[0], n)
-            estimate = backend.last_estimate
-            row["probe_peak_gib"] = round(probes.peak / GiB, 4)
-            for mode in ("fast", "lean"):
-                backend.plan = memory.MemoryPlan(mode, n, n, mode, {}, None)
-                vectors = {k: v.detach().clone().requires_grad_(True) for k, v in backend.initial_vectors("and").items()}
-                with LiveBytes() as step:
-                    backend.denoising_loss(vectors, latents, captions, t, noise).backward()
-                decided = estimate.needed(mode, n, side * side) - estimate.RESERVE
-                row[mode] = {"step_peak_gib": round(step.peak / GiB, 4), "saved_estimate_gib":
-                             round(decided / estimate.MARGIN / GiB, 4), "decided_gib": round(decided / GiB, 4),
-                             "decided_over_peak": round(decided / step.peak, 3)}
-        backend.close()
+    found = estimate_against_live(model, clip, latents, noise, captions, t)
+    row = {"family": family, "size": size, "exemplars": n, "probe_peak_gib": round(found["probe_peak"] / GiB, 4)}
+    for mode in ("fast", "lean"):
+        peak, decided, margin = found[mode]["step_peak"], found[mode]["decided"], found[mode]["margin"]
+        row[mode] = {"step_peak_gib": round(peak / GiB, 4), "saved_estimate_gib": round(decided / margin / GiB, 4),
+                     "decided_gib": round(decided / GiB, 4), "decided_over_peak": round(decided / peak, 3)}
     row["seconds"] = round(time.perf_counter() - t0, 1)
     return row
 
@@ -66,7 +51,6 @@ def main(argv=None):
     from devtools import host, pack
     host.import_comfy("cpu")
     pack.load_into_host()
-    torch.set_num_threads(torch.get_num_threads())
     report = {"device": "cpu", "threads": torch.get_num_threads(), "margin_note":
               "decided = the bytes the plan decides with, without its fixed reserve (saved bytes x MARGIN)",
               "rows": []}

@@ -77,3 +77,36 @@ def reachable_tensor_bytes() -> int:
                 seen.add(ptr)
                 total += o.untyped_storage().nbytes()
     return total
+
+
+def estimate_against_live(model, clip, latents, noise, captions, t) -> dict:
+    """The memory plan's estimate against the live bytes of the real step, on `model` and
+    `clip` (already loaded): the probes' peak, then per mode (fast, lean) one forward +
+    backward of all `latents` in one piece: {"probe_peak": bytes, mode: {"step_peak": bytes,
+    "decided": the bytes the plan decides with, less its fixed reserve}}. Used by
+    bench/bench_estimate.py and tests/comfy/test_memory.py."""
+    from comfyui_reversion.reversion_comfy import guards, memory
+    from comfyui_reversion.reversion_comfy.backend import ComfyBackend
+    n, pixels = latents.shape[0], latents.shape[-2] * latents.shape[-1]
+    out = {}
+    with torch.inference_mode(), guards.training_mode():
+        backend = ComfyBackend(model, clip, "auto")
+        backend.prepare()
+        try:
+            with guards.frozen_weights(model.model, clip.cond_stage_model):
+                with LiveBytes() as probes:
+                    backend.plan_memory(latents, captions[0], n)
+                out["probe_peak"] = probes.peak
+                estimate = backend.last_estimate
+                for mode in ("fast", "lean"):
+                    backend.plan = memory.MemoryPlan(mode, n, n, mode, {}, None)
+                    vectors = {k: v.detach().clone().requires_grad_(True)
+                               for k, v in backend.initial_vectors("and").items()}
+                    with LiveBytes() as step:
+                        backend.denoising_loss(vectors, latents, captions, t, noise).backward()
+                    out[mode] = {"step_peak": step.peak,
+                                 "decided": estimate.needed(mode, n, pixels) - estimate.RESERVE,
+                                 "margin": estimate.MARGIN}
+        finally:
+            backend.close()
+    return out

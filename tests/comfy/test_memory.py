@@ -311,31 +311,21 @@ def test_the_estimate_covers_the_live_peak_and_probes_cost_less_than_a_step(host
     (saved bytes x MARGIN) is never below the step's peak, nor far above it (full-size
     SD1.5: within 30%; on the tiny models constant parts weigh more); and the probes,
     cut into sections, cost less than a full-size training step in either mode."""
-    from comfyui_reversion.reversion_comfy import guards, memory
     from devtools import full_models
-    from devtools.live_bytes import LiveBytes
+    from devtools.live_bytes import estimate_against_live
     model, clip, _ = full_models.build(family, embedding_directory=[str(host.embeddings)]) if full else tiny(family)
     g = torch.Generator().manual_seed(0)
     n, side = 2, 32
     latents, noise = torch.randn(n, 4, side, side, generator=g), torch.randn(n, 4, side, side, generator=g)
     captions, t = [f"a cat {R} a dog", f"cat {R} dog"], torch.tensor([800, 300])
-    with guards.training_mode():
-        backend = prepared_backend(model, clip, "auto")
-        with guards.frozen_weights(model.model, clip.cond_stage_model):
-            with LiveBytes() as probes:
-                backend.plan_memory(latents, captions[0], n)
-            estimate, peaks = backend.last_estimate, {}
-            for mode in ("fast", "lean"):
-                backend.plan = memory.MemoryPlan(mode, n, n, mode, {}, None)
-                vectors = {k: v.detach().clone().requires_grad_(True) for k, v in backend.initial_vectors("and").items()}
-                with LiveBytes() as step:
-                    backend.denoising_loss(vectors, latents, captions, t, noise).backward()
-                peaks[mode] = step.peak
-                decided = estimate.needed(mode, n, side * side) - estimate.RESERVE
-                assert step.peak <= decided <= bound * step.peak, (mode, step.peak / GiB, decided / GiB)
-        backend.close()
+    found = estimate_against_live(model, clip, latents, noise, captions, t)
+    peaks = {}
+    for mode in ("fast", "lean"):
+        peak, decided = found[mode]["step_peak"], found[mode]["decided"]
+        peaks[mode] = peak
+        assert peak <= decided <= bound * peak, (mode, peak / GiB, decided / GiB)
     if full:
-        assert probes.peak < min(peaks.values()), (probes.peak / GiB, peaks)
+        assert found["probe_peak"] < min(peaks.values()), (found["probe_peak"] / GiB, peaks)
 
 
 def test_auto_keeps_weights_in_cpu_memory_only_when_lean_cannot_fit():
