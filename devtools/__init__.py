@@ -10,6 +10,7 @@
     make_workflows.py     writes workflows/*.json (+ thumbnails) and workflows_api/
     make_demo_workflow.py the demo graph (API format)
     demo.py               `make demo`
+    live_bytes.py         live tensor bytes over a region (the memory estimate's check)
 
 Run them from the repository root as modules (`python -m devtools.demo`); importing this
 package registers the pack's import name (pack.py).

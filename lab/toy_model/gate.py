@@ -89,7 +89,9 @@ def main(argv=None):
         meta = f.metadata() or {}
     report.update(weights=str(args.weights), weights_sha256=toy_model.weights_sha256(args.weights),
                   weights_training_steps=int(meta["steps"]) if "steps" in meta else None,
-                  images_per_prompt=args.per_prompt, seeds=f"{args.seed} + prompt index, batch of {args.per_prompt}",
+                  images_per_prompt=args.per_prompt,
+                  seeds=f"{args.seed} + group index (one KSampler call per group of {args.group} prompts, "
+                        f"a batch of {args.per_prompt} per prompt)",
                   sampler=f"euler/normal {args.steps} steps cfg {args.cfg}", seconds=round(time.time() - t0, 1))
     print(json.dumps(report, indent=1))
     if args.json:

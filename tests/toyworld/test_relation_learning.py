@@ -18,8 +18,9 @@ from comfyui_reversion.toyworld import evaluate, scenes
 from conftest import run_node
 
 # contact, containment and a direction. At these 300 updates "above" and "left of" stay near
-# this test's 0.7 x oracle (bench-quality: 0.72 and 0.75 against the true word's 1.00; some
-# "above" images touch, i.e. "on top of", some "left of" ones put A on the right): docs/results.md.
+# this test's 0.7 x oracle (bench-quality, committed model, 3 seeds: 0.67 and 0.79 against the
+# true word's 1.00 and 0.99; some "above" images touch, i.e. "on top of", some "left of" ones
+# put A on the right): lab/quality/results/quality.json, per relation of "full" and "oracle".
 RELATIONS = ["on top of", "inside", "below"]
 PROMPTS, IMAGES_PER_PROMPT = 8, 4
 TRAIN = dict(steps=300, batch_size=8, grad_accum=1, learning_rate=6.25e-4, scale_lr=True, weight_decay=1e-2,
