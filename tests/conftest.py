@@ -17,7 +17,11 @@ import pytest
 import torch
 
 import devtools  # noqa: F401  (registers the pack's import name, `comfyui_reversion`)
-from devtools.pack import REPO  # noqa: F401  (re-exported for tests)
+
+# Every node the pack registers (tests check the host lists exactly these)
+PACK_NODES = {"ReVersionLoadExemplars", "ReVersionExemplarsFromImages", "ReVersionTrainRelation",
+              "ReVersionRelationTextEncode", "ReVersionSaveRelation", "ReVersionLoadRelation",
+              "ReVersionToyWorldModel", "ReVersionToyWorldExemplars"}
 
 # The browser tests need Chromium and run on their own: `make test-browser` (pytest tests/browser).
 collect_ignore = ["browser"]

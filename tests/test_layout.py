@@ -1,7 +1,8 @@
 """The house rules (docs/design.md, "The house"), read from the source files: the product is
 imported package-relatively and never imports the lab or the tools; nothing outside the
 product imports the pack's packages by their bare names (a second copy, and `nodes` is
-ComfyUI's); the method never imports ComfyUI; no product file grows past ~400 lines."""
+ComfyUI's); the method never imports ComfyUI; no product file grows past ~400 lines, and no
+other Python file past 450."""
 from __future__ import annotations
 
 import re
@@ -9,7 +10,9 @@ import re
 from devtools.pack import REPO
 
 PRODUCT = ["__init__.py", "nodes", "reversion", "reversion_comfy", "toyworld"]
-PACK_PACKAGES = ("reversion", "reversion_comfy", "nodes", "toyworld")
+# the pack's packages that outside the product may only be reached as comfyui_reversion.<name>
+# (`nodes` is not among them: outside the product, `import nodes` is ComfyUI's module)
+PACK_PACKAGES = ("reversion", "reversion_comfy", "toyworld")
 OUTSIDE = ["devtools", "lab", "bench", "tests"]
 HOST_MODULES = ("comfy", "folder_paths", "nodes", "comfy_extras", "server", "execution")
 
@@ -33,8 +36,7 @@ def test_the_product_imports_itself_package_relatively_and_never_the_lab_or_the_
     for path in python_files(*PRODUCT):
         for number, module in imports(path):
             top = module.split(".")[0]
-            if top in ("reversion", "reversion_comfy", "toyworld", "devtools", "lab", "bench", "tests",
-                       "comfyui_reversion"):
+            if top in (*PACK_PACKAGES, "devtools", "lab", "bench", "tests", "comfyui_reversion"):
                 problems.append(f"{path.relative_to(REPO)}:{number}: import {module}")
         assert "sys.path" not in path.read_text(), path
     assert problems == []
@@ -50,7 +52,7 @@ def test_outside_the_product_the_pack_is_only_comfyui_reversion():
     problems = []
     for path in python_files(*OUTSIDE):
         for number, module in imports(path):
-            if module.split(".")[0] in ("reversion", "reversion_comfy", "toyworld"):
+            if module.split(".")[0] in PACK_PACKAGES:
                 problems.append(f"{path.relative_to(REPO)}:{number}: import {module}")
     assert problems == []
 
@@ -64,4 +66,10 @@ def test_only_the_tools_touch_sys_path():
 def test_no_product_file_is_over_400_lines():
     long = {str(p.relative_to(REPO)): n for p in python_files(*PRODUCT)
             if (n := len(p.read_text().splitlines())) > 400}
+    assert long == {}
+
+
+def test_no_tool_lab_bench_or_test_file_is_over_450_lines():
+    long = {str(p.relative_to(REPO)): n for p in python_files(*OUTSIDE)
+            if (n := len(p.read_text().splitlines())) > 450}
     assert long == {}

@@ -19,7 +19,6 @@ from devtools.pack import REPO
 
 from .plot import LABELS, ORDER     # one name per variant in the picture and the tables
 
-SETS = {"variants": "diverse", "confounded": "confounded", "tinted": "tinted"}
 
 
 def fmt(entry: dict | None, digits: int = 2) -> str:

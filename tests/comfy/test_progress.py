@@ -47,9 +47,13 @@ def test_training_logs_progress_and_reports_on_the_node(host, tiny, caplog):
 
 @pytest.mark.parametrize("seconds,text", [(5, "5 s"), (59.6, "1 min 00 s"), (125, "2 min 05 s"),
                                           (3 * 3600 + 65, "3 h 01 min")])
-def test_progress_line_and_times(host, seconds, text):
+def test_times_read_as_seconds_minutes_and_hours(host, seconds, text):
     from comfyui_reversion.reversion_comfy import progress as mod
     assert mod.format_seconds(seconds) == text
+
+
+def test_progress_line(host):
+    from comfyui_reversion.reversion_comfy import progress as mod
     line = mod.progress_line(50, 300, 100.0, {"loss": 0.1, "denoise": 0.09, "steer": 1.5})
     assert line == "update 50/300 (16%), loss 0.1 (denoise 0.09, steer 1.5), 2.00 s/update, 8 min 20 s left"
 

@@ -8,6 +8,7 @@ import re
 
 import pytest
 
+from conftest import PACK_NODES
 from devtools.pack import REPO
 
 LEARNING_RATES = [2.5e-4, 6.25e-4, 3.125e-5, 1.25e-4, 1e-6, 2e-3, 1e-2]
@@ -46,9 +47,7 @@ def old_frontend_value(v: float, step: float) -> float:
 
 def test_every_node_is_a_v1_node_with_tooltips(host):
     ours = {k: v for k, v in host.nodes.NODE_CLASS_MAPPINGS.items() if k.startswith("ReVersion")}
-    assert set(ours) == {"ReVersionLoadExemplars", "ReVersionExemplarsFromImages", "ReVersionTrainRelation",
-                         "ReVersionRelationTextEncode", "ReVersionSaveRelation", "ReVersionLoadRelation",
-                         "ReVersionToyWorldModel", "ReVersionToyWorldExemplars"}
+    assert set(ours) == PACK_NODES
     for name, cls in ours.items():
         assert cls.CATEGORY.startswith("ReVersion") and cls.DESCRIPTION
         assert host.nodes.NODE_DISPLAY_NAME_MAPPINGS[name]

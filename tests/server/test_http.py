@@ -12,11 +12,8 @@ import torch
 from PIL import Image
 
 from comfyui_reversion.reversion import relation_file as rf
+from conftest import PACK_NODES
 from devtools.pack import REPO
-
-PACK_NODES = {"ReVersionLoadExemplars", "ReVersionExemplarsFromImages", "ReVersionTrainRelation",
-              "ReVersionRelationTextEncode", "ReVersionSaveRelation", "ReVersionLoadRelation",
-              "ReVersionToyWorldModel", "ReVersionToyWorldExemplars"}
 
 
 def test_comfyuis_own_loader_loads_the_pack(server):

@@ -18,11 +18,6 @@ NAMES = ["sd15_train_relation", "sd15_use_relation", "sdxl_train_relation", "sdx
 
 
 @pytest.fixture(scope="module")
-def server(comfy_server):
-    return comfy_server
-
-
-@pytest.fixture(scope="module")
 def object_info(server):
     return server.get("/object_info")
 
