@@ -53,7 +53,7 @@ TRAIN_NOTE = """{label}: learn a relation <R> from your own images
 3. Queue. Train Relation shows its progress, a loss curve and the time left; the server console logs a line every few updates. Paper settings: 3000 updates (hours on a GPU; try 300 first).
 4. The relation is saved as models/embeddings/{relation}.safetensors. Group 4 samples with it; afterwards use it in any prompt as embedding:{relation} (see the '{key}_use_relation' template).
 
-Queue again with the same inputs: nothing retrains (the seed stays fixed).
+Queue again with the same inputs: nothing retrains (the seed stays fixed). After a ComfyUI restart the name counts as taken: use the '{key}_use_relation' template, or switch 'overwrite' on to train again.
 """
 
 USE_NOTE = """{label}: use a saved relation

@@ -6,7 +6,7 @@ import os
 
 from ..reversion import relation_file as rf
 from ..reversion.errors import RelationFileError
-from ..reversion_comfy import store
+from ..reversion_comfy import queue_checks, store
 from ..reversion_comfy.text import encode_with_relation
 
 CATEGORY = "ReVersion"
@@ -49,7 +49,7 @@ class SaveRelation:
             "relation": ("RELATION", {"tooltip": "The relation to save."}),
             "name": ("STRING", {"default": "relation", "tooltip": "File name in models/embeddings: " + store.NAME_RULE + "."}),
             "overwrite": ("BOOLEAN", {"default": False, "tooltip": "Replace an existing file of this name."}),
-        }}
+        }, "hidden": {"prompt": "PROMPT", "unique_id": "UNIQUE_ID"}}   # which graph part wrote the file
 
     @classmethod
     def VALIDATE_INPUTS(cls, name, overwrite):
@@ -60,9 +60,11 @@ class SaveRelation:
     def IS_CHANGED(cls, name, **_):
         return store.is_changed(name)
 
-    def save(self, relation, name, overwrite):
-        path = store.claim(name, overwrite)
-        store.save_relation(relation, path, overwrite)
+    def save(self, relation, name, overwrite, prompt=None, unique_id=None):
+        # found at queue time unless the file appeared since: the relation it was given is
+        # not lost (Train Relation wrote its own file), only this node's copy is not made
+        path = store.claim(name, overwrite, done="(Save Relation wrote nothing)")
+        store.save_relation(relation, path, overwrite, queue_checks.graph_signature(prompt, unique_id))
         text = f"saved {path.name} (embedding:{path.stem})"
         logging.getLogger("ReVersion").info("[ReVersion] Save Relation: wrote %s", path)
         return {"ui": {"text": [text]}}

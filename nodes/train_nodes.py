@@ -4,7 +4,7 @@ The node unpacks its inputs; `reversion_comfy.training.train_and_save` does the 
 from __future__ import annotations
 
 from ..reversion.trainer import TrainConfig
-from ..reversion_comfy import store, training
+from ..reversion_comfy import queue_checks, store, training
 from ..reversion_comfy.memory import MODES
 
 CATEGORY = "ReVersion"
@@ -66,7 +66,7 @@ class TrainRelation:
             "preview_every": ("INT", {"default": 100, "min": 0, "max": 100000, "tooltip": "Every N updates, draw the preview prompt with the relation so far, beside the loss curve (0 = only the final samples). Not counted as training time."}),
             "preview_prompt": ("STRING", {"default": "", "tooltip": "Prompt with R in angle brackets where the relation goes, for the previews and the samples output; empty = the first exemplar template with the relation in its slot."}),
             "preview_steps": ("INT", {"default": 12, "min": 1, "max": 100, "tooltip": "Sampler steps per preview (euler, fixed seed)."}),
-        }}
+        }, "hidden": {"prompt": "PROMPT", "unique_id": "UNIQUE_ID"}}   # which graph part wrote the file
 
     @classmethod
     def VALIDATE_INPUTS(cls, name, overwrite, resume=False):
@@ -82,14 +82,15 @@ class TrainRelation:
     def train(self, model, clip, vae, exemplars, name, steps, batch_size, grad_accum, learning_rate,
               scale_lr, weight_decay, steering_weight, num_positives, temperature, focal_alpha,
               init_word, train_seed, overwrite, memory="auto", checkpoint_every=100, resume=False,
-              init_relation=None, preview_every=100, preview_prompt="", preview_steps=12):
+              init_relation=None, preview_every=100, preview_prompt="", preview_steps=12, prompt=None, unique_id=None):
         config = TrainConfig(steps=steps, batch_size=batch_size, grad_accum=grad_accum, base_lr=learning_rate,
                              scale_lr=scale_lr, weight_decay=weight_decay, steering_weight=steering_weight,
                              num_positives=num_positives, temperature=temperature, focal_alpha=focal_alpha,
                              init_word=init_word.strip(), seed=train_seed)
         options = training.Options(name=name, overwrite=overwrite, memory=memory, checkpoint_every=checkpoint_every,
                                    resume=resume, init_relation=init_relation, preview_every=preview_every,
-                                   preview_prompt=preview_prompt, preview_steps=preview_steps)
+                                   preview_prompt=preview_prompt, preview_steps=preview_steps,
+                                   graph=queue_checks.graph_signature(prompt, unique_id))
         done = training.train_and_save(model, clip, vae, exemplars, config, options)
         return {"ui": {"text": [done.summary], "train_seconds": [round(done.train_seconds, 1)]},
                 "result": (done.relation, done.loss_curve, done.samples)}

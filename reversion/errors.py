@@ -31,5 +31,11 @@ class CheckpointError(ReVersionError):
     """A checkpoint that cannot continue this run."""
 
 
+class TrainingDiverged(ReVersionError):
+    """Training stopped itself: a loss or the vector became NaN/Inf, or the vector ran away.
+    The message names the update, the loss parts and the likely cause; the last good state
+    is kept in the run's checkpoint."""
+
+
 class NotEnoughMemory(ReVersionError):
     """Training refused before it starts: even the leanest plan does not fit the free memory."""

@@ -60,6 +60,9 @@ class Relation:
     final_losses: dict = field(default_factory=dict)
     nearest_words: dict = field(default_factory=dict)   # encoder key -> closest vocabulary words
     pack_version: str = PACK_VERSION
+    # what this process measured while training (the memory plan): shown, never written to the
+    # file, whose bytes depend only on the result
+    measured: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
         if not self.vectors:
@@ -221,9 +224,11 @@ def _load_pickled(path: Path) -> Relation:
     """Official ReVersion `learned_embeds.bin` ({"<R>": [768]}) or an A1111 `.pt` embedding."""
     try:
         data = torch.load(str(path), map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError, ValueError, OSError) as e:
+        # a text file read as a legacy pickle fails with a bare KeyError (its first byte)
         raise RelationFileError(
-            f"{path.name} is not a plain tensor file (refusing to unpickle arbitrary objects): {e}") from e
+            f"{path.name} is not a plain tensor file: damaged, not an embedding, or holding objects (refusing to "
+            f"unpickle arbitrary objects) ({type(e).__name__}: {str(e)[:160]}); re-save or re-download it") from e
     if isinstance(data, dict) and "string_to_param" in data:
         data = {str(k): v for k, v in data["string_to_param"].items()}
     if not isinstance(data, dict) or len(data) != 1 or not isinstance(next(iter(data.values())), torch.Tensor):

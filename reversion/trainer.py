@@ -21,7 +21,9 @@ decay 1e-2, init word "and", seed 2023.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -31,7 +33,8 @@ import torch
 
 from . import checkpoint, steering, timesteps, words
 from .checkpoint import Checkpointing
-from .errors import ConfigError
+from .errors import ConfigError, TrainingDiverged
+from .health import UpdateHealth
 
 
 @dataclass
@@ -56,6 +59,9 @@ class TrainConfig:
         return self.base_lr * self.batch_size * self.grad_accum if self.scale_lr else self.base_lr
 
     def check(self) -> "TrainConfig":
+        for name in ("base_lr", "weight_decay", "steering_weight", "temperature", "focal_alpha", "adam_eps"):
+            if not math.isfinite(getattr(self, name)):      # NaN passes every < / > range check
+                raise ConfigError(f"{name} must be a finite number, got {getattr(self, name)}")
         for name in ("steps", "batch_size", "grad_accum", "num_positives"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -63,6 +69,9 @@ class TrainConfig:
             raise ConfigError(f"learning rate must be positive, got {self.base_lr}")
         if not 0.0 <= self.focal_alpha <= 1.0:
             raise ConfigError(f"focal alpha must be in [0, 1], got {self.focal_alpha}")
+        if self.temperature <= 0 or self.weight_decay < 0 or self.steering_weight < 0:
+            raise ConfigError(f"temperature must be positive and weight decay and steering weight not negative, "
+                              f"got {self.temperature}, {self.weight_decay}, {self.steering_weight}")
         if not self.init_word.strip():
             raise ConfigError("init word must not be empty (the paper uses 'and')")
         return self
@@ -144,14 +153,15 @@ def train(backend: Backend, latents: torch.Tensor, templates: list[list[str]], c
     result = TrainResult(vectors={})
     resume = checkpointing.resume_from if checkpointing else None
     if resume is not None:
-        checkpoint.check_compatible(resume, config.as_dict(), checkpointing.fingerprint)
+        checkpoint.check_compatible(resume, config.as_dict(), checkpointing.fingerprint, checkpointing.model, vectors)
         result.history = checkpoint.restore(resume, vectors, optimizer, gen, rng, order)
     boundary = checkpoint.boundary(gen, rng, order)       # random state after the last complete update
 
-    def snapshot() -> dict:
+    def snapshot(stopped: str = "") -> dict:
         return checkpoint.snapshot(result.history, vectors, optimizer, boundary, config.as_dict(),
-                                   checkpointing.fingerprint)
+                                   checkpointing.fingerprint, checkpointing.model, stopped)
 
+    health = UpdateHealth(start_vectors, config, config.steps)   # norms of where the run began
     start = time.perf_counter()
     try:
         for step in range(result.steps_done, config.steps):
@@ -167,25 +177,36 @@ def train(backend: Backend, latents: torch.Tensor, templates: list[list[str]], c
             interrupt()
             loss.backward()
             totals = {"loss": float(loss.detach()), "denoise": float(denoise.detach()), "steer": float(steer.detach())}
+            health.losses(step + 1, totals, vectors)          # NaN/Inf: stop before the step poisons AdamW
+            last_good = ({k: v.detach().clone() for k, v in vectors.items()}, copy.deepcopy(optimizer.state_dict()))
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            try:
+                health.vectors(step + 1, vectors)
+            except TrainingDiverged:
+                with torch.no_grad():                          # the checkpoint keeps the update before
+                    for k, v in vectors.items():
+                        v.copy_(last_good[0][k])
+                optimizer.load_state_dict(last_good[1])
+                raise
             boundary = checkpoint.boundary(gen, rng, order)
             record = {"step": step + 1, **totals}
             result.history.append(record)
             if checkpointing and checkpointing.every and (step + 1) % checkpointing.every == 0:
-                checkpointing.save(snapshot())
+                checkpointing.save(snapshot(), checkpoint.PERIODIC)
             if callback is not None and callback(step + 1, config.steps, record, vectors):
                 result.stopped_early = step + 1 < config.steps
                 break
-    except BaseException:
+    except BaseException as error:
         # Cancel or a failure mid-update: keep every completed update (the partial one's
         # gradients are dropped; the generators are rewound to the update boundary)
         if checkpointing and result.steps_done > (resume or {}).get("step", 0):
-            checkpointing.save(snapshot())
+            stopped = str(error) if isinstance(error, TrainingDiverged) else ""
+            checkpointing.save(snapshot(stopped), checkpoint.STOPPED)
         raise
 
     if checkpointing and result.history and (not checkpointing.every or result.steps_done % checkpointing.every):
-        checkpointing.save(snapshot())        # the end state too: raise `steps` and resume to train on
+        checkpointing.save(snapshot(), checkpoint.END)   # the end state too: raise `steps` and resume to train on
     result.vectors = {k: v.detach().clone() for k, v in vectors.items()}
     result.seconds = time.perf_counter() - start
     return result

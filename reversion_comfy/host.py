@@ -1,13 +1,17 @@
 """The host's services that training calls: loading models, free memory, the progress bar,
-Cancel. Hosts differ in these functions (and newer releases manage VRAM in new ways), so
-every call is probed (`hasattr`, the signature via `accepted`), never a version check, and a
-missing function degrades to the plain behaviour instead of crashing: the tested hosts are
-ComfyUI of 2024-03 and 0.3.75; later releases are expected to work through these probes.
+Cancel, and which model is loaded (a fingerprint for checkpoints). Hosts differ in these
+functions (and newer releases manage VRAM in new ways), so every call is probed (`hasattr`,
+the signature via `accepted`), never a version check, and a missing function degrades to
+the plain behaviour instead of crashing: the tested hosts are ComfyUI of 2024-03 and
+0.3.75; later releases are expected to work through these probes.
 """
 from __future__ import annotations
 
+import hashlib
 import inspect
 import logging
+
+import torch
 
 import comfy.model_management as mm
 import comfy.utils
@@ -89,3 +93,48 @@ def check_interrupted() -> None:
     """Raise ComfyUI's InterruptProcessingException if the user pressed Cancel."""
     if hasattr(mm, "throw_exception_if_processing_interrupted"):
         mm.throw_exception_if_processing_interrupted()
+
+
+FINGERPRINT_TENSORS, FINGERPRINT_VALUES = 24, 256      # sampled per model: cheap, yet any other model differs
+
+
+def model_fingerprint(model, clip) -> str:
+    """A short hash that tells one MODEL + CLIP from another: sampled values of the unpatched
+    weights (a patcher's backup where it patched in place, so full and partial loads agree)
+    and the patches on each (keys, strengths, the first values of each patch's weights).
+    Checkpoints record it, so a run resumes only on the model that started it."""
+    h = hashlib.sha256()
+    for patcher in (model, clip.patcher):
+        weights = patcher.model.state_dict(keep_vars=True)
+        keys = sorted(weights)
+        backup = getattr(patcher, "backup", {}) or {}
+        for key in keys[:: max(1, len(keys) // FINGERPRINT_TENSORS)][:FINGERPRINT_TENSORS]:
+            original = backup.get(key)
+            tensor = getattr(original, "weight", original) if original is not None else weights[key]
+            h.update(key.encode())
+            h.update(_sample(tensor))
+        for key in sorted(getattr(patcher, "patches", {}) or {}, key=str):
+            for patch in patcher.patches[key]:
+                h.update(repr((key, patch[0], patch[2] if len(patch) > 2 else None)).encode())
+                h.update(_sample(_first_tensor(patch[1])))
+    return h.hexdigest()[:16]
+
+
+def _sample(tensor) -> bytes:
+    if not isinstance(tensor, torch.Tensor):
+        return b""
+    return tensor.detach().reshape(-1)[:FINGERPRINT_VALUES].float().cpu().numpy().tobytes()
+
+
+def _first_tensor(data, depth: int = 0):
+    """The first tensor in a patch's data (a tensor, a tuple of them, or an adapter object)."""
+    if isinstance(data, torch.Tensor) or depth > 3:
+        return data
+    if hasattr(data, "weights"):                  # comfy.weight_adapter adapters (0.3.x)
+        data = data.weights
+    if isinstance(data, (tuple, list)):
+        for item in data:
+            found = _first_tensor(item, depth + 1)
+            if isinstance(found, torch.Tensor):
+                return found
+    return None

@@ -12,13 +12,18 @@ relation goes when its own folder cannot be written.
 - `is_changed` (IS_CHANGED) changes when a file this server wrote was deleted or replaced,
   so the graph runs again instead of reporting success from the cache.
 - Writes are atomic (a temporary file, then a rename); if the relation's own folder cannot
-  be written, it is kept in a fallback folder and the error says where.
+  be written, it is kept in a fallback folder and the error says where (keeping.py does the
+  same for a run's checkpoints).
+- `RUNNING` holds the relation paths that a run in this server is training right now, so
+  that the messages about a name say what is true (running, unfinished, finished).
 
 The record of written files is per server process: after a restart every existing file
 counts as someone else's.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import re
 import tempfile
@@ -35,9 +40,14 @@ EMBEDDINGS_VARIABLE = "REVERSION_EMBEDDINGS_DIR"
 FALLBACK_FOLDER = "reversion_recovered"
 # No spaces: stock prompts read `embedding:name` up to the next space. ASCII only, 64 at most.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
-NAME_RULE = ("1-64 characters: ASCII letters, digits, '_', '-' or '.', starting with a letter or digit; "
-             "no spaces (a prompt could not say embedding:<name>) and no folders")
+NAME_RULE = ("1-64 ASCII letters, digits, '_', '-' or '.', starting with a letter or digit, not ending with '.'; "
+             "no spaces (embedding:<name> ends at one), no folders, no Windows device names (CON, NUL...)")
+# Windows cannot hold these as file names, whatever the extension: a file named so could
+# not be copied or shared there
+WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
 NOTHING_DONE = "(nothing was trained or written)"
+# A name input that queue_checks.py replaced with the reason the whole prompt is refused
+REFUSED = "\u241b refused: "
 
 
 # ------------------------------------------------------------------------------- names
@@ -47,8 +57,12 @@ def check_name(name: str) -> str:
     name = name.strip()
     if name.endswith(RELATION_SUFFIX):
         name = name[: -len(RELATION_SUFFIX)]
-    if not NAME_PATTERN.match(name) or ".." in name:
+    if not NAME_PATTERN.match(name) or ".." in name or name.endswith("."):
         raise RelationFileError(f"invalid relation name {name!r}: use {NAME_RULE}, e.g. 'painted_on'")
+    if name.split(".")[0].upper() in WINDOWS_RESERVED:
+        raise RelationFileError(f"invalid relation name {name!r}: Windows reserves {name.split('.')[0]!r} as a "
+                                f"file name (the file could not be copied there); choose another, e.g. "
+                                f"'{name.split('.')[0]}_relation'")
     return name
 
 
@@ -107,15 +121,22 @@ class WrittenFiles:
         except OSError:
             return None
 
-    def record(self, path: Path) -> None:
-        """Call after writing `path`: its current state is the one this server made."""
+    def record(self, path: Path, graph: str | None = None) -> None:
+        """Call after writing `path`: its current state is the one this server made;
+        `graph`: the signature of the graph part that wrote it (queue_checks.graph_signature)."""
         entry = self._files.setdefault(str(Path(path).resolve()), {"label": self.INITIAL})
         entry["written"] = entry["seen"] = self._state(path)
+        entry["graph"] = graph
 
     def ours(self, path: Path) -> bool:
         """True if `path` is exactly as this server last wrote it."""
         entry = self._files.get(str(Path(path).resolve()))
         return entry is not None and entry["written"] is not None and entry["written"] == self._state(path)
+
+    def graph(self, path: Path) -> str | None:
+        """The signature of the graph part that wrote `path` as it is now (None: unknown, or
+        not ours)."""
+        return self._files[str(Path(path).resolve())].get("graph") if self.ours(path) else None
 
     def label(self, path: Path) -> str:
         entry = self._files.get(str(Path(path).resolve()))
@@ -133,55 +154,88 @@ WRITTEN = WrittenFiles()
 
 # ------------------------------------------------------------------- may I write this?
 
-def relation_conflict(path: Path, overwrite: bool, allow_ours: bool = False) -> str | None:
+def relation_conflict(path: Path, overwrite: bool, allow_ours: bool = False, done: str = NOTHING_DONE) -> str | None:
     """The error text for writing relation file `path`, or None if writing is fine.
     `allow_ours` at queue time, where a node whose last run wrote the file may be served
-    from the cache."""
-    if overwrite or not path.exists() or (allow_ours and WRITTEN.ours(path)):
+    from the cache; `done`: what the refusal left undone, as the user should read it."""
+    if overwrite or not (path.exists() or path.is_symlink()) or (allow_ours and WRITTEN.ours(path)):
         return None
-    return f"{path.name} already exists in {path.parent}; choose another name or switch 'overwrite' on {NOTHING_DONE}"
+    return (f"{path.name} already exists in {path.parent}; choose another name, switch 'overwrite' on, or use "
+            f"Load Relation to use the file as it is {done}")
 
 
-def unfinished_checkpoint(path: Path) -> tuple[int, int] | None:
-    """(updates done, updates asked for) of the checkpoint a cancelled or failed run left at
-    `path`; None if there is none or its run finished (a finished run's end state may be
-    replaced freely: the relation file it led to is protected on its own). An unreadable
-    file counts as unfinished (0, 0): it is not replaced without `overwrite` either."""
-    if not path.exists():
-        return None
-    try:
-        done, total = checkpoint.progress(checkpoint.load(path))
-    except (CheckpointError, KeyError, TypeError, ValueError):
-        return (0, 0)
-    return (done, total) if done < total else None
+class RunningRuns:
+    """The relation paths that a run in this server is training now (claimed, not yet done)."""
+
+    def __init__(self):
+        self._paths: set[str] = set()
+
+    @contextlib.contextmanager
+    def training(self, path: Path):
+        key = str(Path(path).resolve())
+        self._paths.add(key)
+        try:
+            yield
+        finally:
+            self._paths.discard(key)
+
+    def __contains__(self, path) -> bool:
+        return str(Path(path).resolve()) in self._paths
+
+
+RUNNING = RunningRuns()
 
 
 def checkpoint_conflict(relation_path_: Path, overwrite: bool) -> str | None:
-    """A new run does not silently replace the checkpoint of a cancelled or failed one."""
+    """Why a new run may not start under this name because of its checkpoint, or None: a
+    run training it right now, an unfinished or stopped run's checkpoint (not replaced
+    silently), a file that is not a checkpoint. A finished run's checkpoint may be replaced
+    freely (the relation file it led to is protected on its own)."""
     path = checkpoint_path(relation_path_)
-    left = None if overwrite else unfinished_checkpoint(path)
-    if left is None:
+    name = path.stem
+    if relation_path_ in RUNNING:
+        return (f"a run in this server is training '{name}' right now; wait for it to finish, or choose "
+                f"another name {NOTHING_DONE}")
+    if overwrite or not (path.exists() or path.is_symlink()):
         return None
-    return (f"{path.name} holds a checkpoint of an unfinished run named '{path.stem}' (update {left[0]} of "
-            f"{left[1]}); switch 'resume' on to continue it, or 'overwrite' on to start over {NOTHING_DONE}")
+    try:
+        state = checkpoint.load(path)
+    except CheckpointError as e:
+        return f"{e} {NOTHING_DONE}"
+    done, total = checkpoint.progress(state)
+    if state["stopped"]:
+        return (f"{path.name} holds a run named '{name}' that stopped itself at update {done + 1} of {total} "
+                f"({state['stopped']}); switch 'overwrite' on to train again with other settings {NOTHING_DONE}")
+    if done < total:
+        return (f"{path.name} holds a checkpoint of an unfinished run named '{name}' (update {done} of {total}); "
+                f"switch 'resume' on to continue it, or 'overwrite' on to start over {NOTHING_DONE}")
+    return None
 
 
 def queue_check(name: str, overwrite: bool, new_run: bool = False):
     """VALIDATE_INPUTS of a node that writes relation `name`: True, or the error text.
     `new_run`: also refuse to replace an unfinished run's checkpoint (Train Relation
     without resume)."""
+    if isinstance(name, str) and name.startswith(REFUSED):     # the whole prompt was refused
+        return name[len(REFUSED):]
     try:
         path = relation_path(name)
     except ValueError as e:
         return str(e)
+    if path in RUNNING:
+        return f"a run in this server is training '{path.stem}' right now; wait for it to finish, or choose another name"
     problem = relation_conflict(path, overwrite, allow_ours=True) or (new_run and checkpoint_conflict(path, overwrite))
     return problem or True
 
 
-def claim(name: str, overwrite: bool, new_run: bool = False) -> Path:
-    """At run time, before any work: the path to write, or a RelationFileError if it is taken."""
+def claim(name: str, overwrite: bool, new_run: bool = False, done: str = NOTHING_DONE) -> Path:
+    """At run time, before any work: the path to write, or a RelationFileError if it is taken
+    (`done`: what the refusal left undone, for the message)."""
     path = relation_path(name)
-    problem = relation_conflict(path, overwrite) or (new_run and checkpoint_conflict(path, overwrite))
+    if path in RUNNING:
+        raise RelationFileError(f"a run in this server is training '{path.stem}' right now; wait for it to "
+                                f"finish, or choose another name {NOTHING_DONE}")
+    problem = relation_conflict(path, overwrite, done=done) or (new_run and checkpoint_conflict(path, overwrite))
     if problem:
         raise RelationFileError(problem)
     return path
@@ -206,14 +260,19 @@ def write_atomically(path: Path, data: bytes) -> Path:
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            _write_bytes(f, data)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def _write_bytes(f, data: bytes) -> None:
+    """The bytes onto the disk (the step a full disk fails; tests replace it to fill one)."""
+    f.write(data)
+    f.flush()
+    os.fsync(f.fileno())
 
 
 def fallback_directories() -> list[Path]:
@@ -231,30 +290,40 @@ def _free_name(folder: Path, name: str) -> Path:
     return candidate
 
 
-def save_relation(relation, path: Path, overwrite: bool) -> Path:
-    """Write `relation` to `path` (refusing to replace a file unless `overwrite`) and record it.
+def keep_in_fallback(relation, filename: str) -> Path | None:
+    """Write `relation` to the first fallback folder that takes it (never replacing a file
+    there); None if none does."""
+    data = relation_file.to_bytes(relation)
+    for folder in fallback_directories():
+        try:
+            return write_atomically(_free_name(folder, filename), data)
+        except OSError:
+            continue
+    return None
 
-    If the write fails (disk full, permissions), the relation is written to the first fallback
-    folder that works and the error says where, so an hour of training is never lost to it.
+
+def save_relation(relation, path: Path, overwrite: bool, graph: str | None = None) -> Path:
+    """Write `relation` to `path` (refusing to replace a file unless `overwrite`) and record it
+    (`graph`: the signature of the graph part that wrote it).
+
+    If the write fails (disk full, permissions, a folder in the way), the relation is written
+    to the first fallback folder that works and the error says where, so an hour of training
+    is never lost to it.
     """
     if path.exists() and not overwrite:
         raise RelationFileError(f"{path} already exists; choose another name or switch 'overwrite' on")
     data = relation_file.to_bytes(relation)
     try:
+        if path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, "a folder of that name is in the way", str(path))
         write_atomically(path, data)
     except OSError as e:
-        kept = None
-        for folder in fallback_directories():
-            try:
-                kept = write_atomically(_free_name(folder, path.name), data)
-                break
-            except OSError:
-                continue
+        kept = keep_in_fallback(relation, path.name)
         where = (f"the trained relation was kept at {kept}: move it into {path.parent} to use it"
                  if kept else "no fallback folder was writable either, so the trained relation is lost; "
                               "free disk space or fix permissions and train again")
         raise RelationFileError(f"could not write {path} ({e.strerror or e}); {where}") from e
-    WRITTEN.record(path)
+    WRITTEN.record(path, graph)
     return path
 
 

@@ -15,12 +15,13 @@ from dataclasses import dataclass
 import torch
 
 from ..reversion import checkpoint, trainer
-from ..reversion.relation_file import Relation
+from ..reversion.relation_file import Relation, family_name
 from ..reversion.trainer import TrainConfig, TrainResult
 from ..reversion.words import PLACEHOLDER, STANDIN, fill
 from . import host, store
 from .backend import ComfyBackend
 from .guards import frozen_weights, training_mode
+from .keeping import RunKeeper
 from .loss_plot import loss_curve
 from .patches import memory_efficient_attention
 from .progress import format_seconds, progress_callback
@@ -54,6 +55,10 @@ def train_relation(model, clip, vae, exemplars, config: TrainConfig, callback=No
         backend.check_templates(exemplars.templates)     # fail in seconds, not after an hour
         latents = vae_encode(vae, exemplars.images, config.seed)
         backend.prepare()
+        if checkpointing is not None:                    # a checkpoint resumes only on this model
+            widths = {k: int(v.shape[-1]) for k, v in backend.initial_vectors(config.init_word).items()}
+            checkpointing.model = {"family": family_name(widths), "encoders": widths,
+                                   "weights": host.model_fingerprint(model, clip)}
         try:
             with frozen_weights(model.model, clip.cond_stage_model), memory_efficient_attention() as attention:
                 caption = fill(exemplars.templates[0][0], STANDIN)
@@ -97,6 +102,7 @@ class Options:
     preview_every: int = 100
     preview_prompt: str = ""
     preview_steps: int = 12
+    graph: str | None = None       # signature of the graph part that runs this (queue_checks.graph_signature)
 
 
 @dataclass
@@ -110,36 +116,55 @@ class Trained:
 
 def train_and_save(model, clip, vae, exemplars, config: TrainConfig, options: Options) -> Trained:
     """Train Relation, start to end: claim the name, resume or start, train with progress
-    and previews, write the relation file. Every check that can fail runs before training."""
+    and previews, write the relation file. Every check that can fail runs before training;
+    whatever fails after the first update, what was learned is kept (keeping.py)."""
     path = store.claim(options.name, options.overwrite, new_run=not options.resume)
+    with store.RUNNING.training(path):
+        return _train_and_save(model, clip, vae, exemplars, config, options, path)
+
+
+def _train_and_save(model, clip, vae, exemplars, config: TrainConfig, options: Options, path) -> Trained:
     resume_path = store.checkpoint_path(path)
     config.check()
     fingerprint = checkpoint.fingerprint(exemplars.images, exemplars.templates)
     state = checkpoint.load(resume_path) if options.resume else None
     if state is not None:
         checkpoint.check_compatible(state, config.as_dict(), fingerprint)
-    keeping = checkpoint.Checkpointing(save=lambda snapshot: store.save_checkpoint(snapshot, resume_path),
-                                       every=options.checkpoint_every, fingerprint=fingerprint, resume_from=state)
+    keeper = RunKeeper(store.check_name(options.name), path, config.init_word)
+    if state is not None:
+        keeper.saved = (resume_path, int(state["step"]))
+    keeping = checkpoint.Checkpointing(save=keeper.save, every=options.checkpoint_every, fingerprint=fingerprint,
+                                       resume_from=state)
     prompt = options.preview_prompt.strip() or fill(exemplars.templates[0][0], PLACEHOLDER)
     check_prompt(clip, prompt)                               # checked before training, not at step 100
     size = int(exemplars.images.shape[1])
+    notes = []
+    if not 4 <= len(exemplars) <= 10:
+        notes.append(f"{len(exemplars)} exemplars (the paper uses 4-10: fewer may not show the relation, "
+                     f"more slows nothing but adds little)")
+        log.warning("[ReVersion] Train Relation '%s': %s", options.name, notes[-1])
 
     def preview(vectors):
         return sample_preview(model, clip, vae, vectors, prompt, config.seed, options.preview_steps, size)
     log.info("[ReVersion] Train Relation '%s': %d updates, %d exemplars, lr %g%s", options.name, config.steps,
              len(exemplars), config.base_lr, " (x batch x accumulation)" if config.scale_lr else "")
     callback = progress_callback(config.steps, preview if options.preview_every else None, options.preview_every)
-    result = train_relation(model, clip, vae, exemplars, config, callback, options.memory,
-                            checkpointing=keeping, start_relation=options.init_relation)
-    # the last update's preview is the final relation's: drawn once, not twice
-    samples = callback.sample if callback.sample_step == result.steps_done else preview(result.vectors)
-    relation = Relation(result.vectors, name=store.check_name(options.name), init_word=config.init_word,
+    try:
+        result = train_relation(model, clip, vae, exemplars, config, callback, options.memory,
+                                checkpointing=keeping, start_relation=options.init_relation)
+    except BaseException as error:
+        keeper.explain(error)              # where the completed updates are, in the error itself
+        raise
+    relation = Relation(result.vectors, name=keeper.name, init_word=config.init_word,
                         steps=result.steps_done + (options.init_relation.steps if options.init_relation else 0),
-                        hyperparameters=hyperparameters(config, result.memory, options.init_relation),
+                        hyperparameters=hyperparameters(config, options.init_relation),
                         # no wall-clock time in the file: same seed and settings, byte-identical file
                         final_losses={**result.final_losses(), "exemplars": len(exemplars)},
                         nearest_words=nearest_words(clip, result.vectors))
-    store.save_relation(relation, path, options.overwrite)
+    relation.measured = {"memory": result.memory}
+    store.save_relation(relation, path, options.overwrite, options.graph)     # before anything else can fail
+    # the last update's preview is the final relation's: drawn once, not twice
+    samples = callback.sample if callback.sample_step == result.steps_done else preview(result.vectors)
     losses = result.final_losses()
     train_seconds = result.seconds - callback.preview_seconds
     summary = (f"saved {path.name} (embedding:{relation.name}): {result.steps_done} updates, "
@@ -147,17 +172,19 @@ def train_and_save(model, clip, vae, exemplars, config: TrainConfig, options: Op
                f"{callback.previews} previews), loss {losses.get('loss', float('nan')):.3g}, "
                f"{result.memory['mode']} memory")
     if result.left_out:
-        summary += f"; not applied in training (sampler-only): {', '.join(result.left_out)}"
+        notes.append(f"not applied in training (sampler-only): {', '.join(result.left_out)}")
+    notes += [f"warning: {p}" for p in keeper.problems]
+    summary = "; ".join([summary, *notes])
     log.info("[ReVersion] %s", summary)
     curve = torch.from_numpy(loss_curve(result.history)).float().div(255).unsqueeze(0)
     return Trained(relation, curve, samples, summary, train_seconds)
 
 
-def hyperparameters(config: TrainConfig, memory: dict, init_relation: Relation | None) -> dict:
-    """What the relation file records of how it was trained: the settings, the memory plan
-    without the free memory it saw (that varies from run to run, the file must not) and the
-    relation it continued from."""
-    out = {**config.as_dict(), "memory": {k: v for k, v in memory.items() if k != "free_gib"}}
+def hyperparameters(config: TrainConfig, init_relation: Relation | None) -> dict:
+    """What the relation file records of how it was trained: the settings and the relation
+    it continued from. Nothing measured (memory plan, free memory, times): the same graph
+    and seed give the same bytes whatever ran before (the plan is in `relation.measured`)."""
+    out = dict(config.as_dict())
     if init_relation is not None:
         out["continued_from"] = {"relation": init_relation.name, "steps": init_relation.steps}
     return out

@@ -104,6 +104,17 @@ def train_inputs(model, clip, vae, name, **overrides):
     return inputs
 
 
+def checkpoint_state(step: int, steps: int, stopped: str = "") -> dict:
+    """A well-formed checkpoint of a run at update `step` of `steps` (one 4-d vector)."""
+    import random
+    from comfyui_reversion.reversion import checkpoint, trainer
+    vectors = {"clip_l": torch.nn.Parameter(torch.zeros(4))}
+    at = checkpoint.boundary(torch.Generator(), random.Random(0), trainer.ExemplarOrder(2, torch.Generator()))
+    history = [{"step": i + 1, "loss": 1.0, "denoise": 1.0, "steer": 1.0} for i in range(step)]
+    return checkpoint.snapshot(history, vectors, torch.optim.AdamW(list(vectors.values())), at, {"steps": steps}, "fp",
+                               stopped=stopped)
+
+
 def run_node_ui(host, node_name, method, **inputs):
     """Call a node's function the way the executor does (under inference mode); returns the
     node's whole answer: a tuple, or {"ui": ..., "result": (...)}."""
@@ -168,3 +179,21 @@ def assert_ordinary_mode(path: Path) -> None:
     mask = os.umask(0)
     os.umask(mask)
     assert stat.S_IMODE(Path(path).stat().st_mode) == 0o666 & ~mask, oct(Path(path).stat().st_mode)
+
+
+# ------------------------------------------------------------------- graphs over HTTP
+
+def toy_training(name: str, **overrides) -> dict:
+    """API-format graph: toy model + 2 exemplars -> Train Relation (1 update)."""
+    train = dict(model=["1", 0], clip=["1", 1], vae=["1", 2], exemplars=["2", 0], name=name, overwrite=False,
+                 steps=1, batch_size=2, grad_accum=1, learning_rate=1e-3, scale_lr=False, weight_decay=0.01,
+                 steering_weight=0.01, num_positives=4, temperature=0.07, focal_alpha=0.5, init_word="and", train_seed=1)
+    train.update(overrides)
+    return {"1": {"class_type": "ReVersionToyWorldModel", "inputs": {}},
+            "2": {"class_type": "ReVersionToyWorldExemplars", "inputs": {"relation": "above", "count": 2, "scene_seed": 0}},
+            "3": {"class_type": "ReVersionTrainRelation", "inputs": train}}
+
+
+def error_of(entry: dict) -> str:
+    messages = dict((m[0], m[1]) for m in entry["status"]["messages"])
+    return messages["execution_error"]["exception_message"]

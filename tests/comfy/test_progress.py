@@ -40,7 +40,7 @@ def test_training_logs_progress_and_reports_on_the_node(host, tiny, caplog):
     assert any("saved ui_logged.safetensors" in line for line in lines)
     text = out["ui"]["text"][0]
     assert re.fullmatch(r"saved ui_logged\.safetensors \(embedding:ui_logged\): 4 updates, \d+ s \(\+\d+ s for \d+ previews\), "
-                        r"loss [0-9.e-]+, (fast|lean) memory", text), text
+                        r"loss [0-9.e-]+, (fast|lean) memory; 2 exemplars \(the paper uses 4-10: .*\)", text), text
     relation, curve, samples = out["result"]
     assert curve.shape[0] == 1 and curve.shape[-1] == 3
 

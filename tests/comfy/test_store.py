@@ -12,7 +12,7 @@ import torch
 
 from comfyui_reversion.reversion import relation_file as rf
 from comfyui_reversion.reversion.errors import RelationFileError
-from conftest import assert_ordinary_mode, run_node, small_exemplars, train_inputs
+from conftest import assert_ordinary_mode, checkpoint_state, run_node, small_exemplars, train_inputs
 
 
 def quick(model, clip, vae, name, **overrides):
@@ -88,22 +88,26 @@ def test_an_unfinished_runs_checkpoint_is_protected_a_finished_ones_is_not(host,
     from comfyui_reversion.reversion_comfy import store
     relation = tmp_path / "run.safetensors"
     assert store.checkpoint_conflict(relation, overwrite=False) is None            # none there
-    state = {"step": 3, "config": {"steps": 6}}
-    store.checkpoint_path(relation).write_bytes(checkpoint.to_bytes(state))
-    assert "update 3 of 6" in store.checkpoint_conflict(relation, overwrite=False)
+    store.checkpoint_path(relation).write_bytes(checkpoint.to_bytes(checkpoint_state(3, 6)))
+    assert "unfinished run named 'run' (update 3 of 6); switch 'resume' on" in store.checkpoint_conflict(relation, overwrite=False)
     assert store.checkpoint_conflict(relation, overwrite=True) is None
-    store.checkpoint_path(relation).write_bytes(checkpoint.to_bytes({"step": 6, "config": {"steps": 6}}))
+    store.checkpoint_path(relation).write_bytes(checkpoint.to_bytes(checkpoint_state(6, 6)))
     assert store.checkpoint_conflict(relation, overwrite=False) is None            # finished: free
-    store.checkpoint_path(relation).write_bytes(b"torn")
-    assert "update 0 of 0" in store.checkpoint_conflict(relation, overwrite=False)   # unreadable: kept
+    store.checkpoint_path(relation).write_bytes(b"torn")                           # unreadable: kept, and said so
+    assert "run.resume in" in store.checkpoint_conflict(relation, overwrite=False)
+    assert "is not a checkpoint this pack can read" in store.checkpoint_conflict(relation, overwrite=False)
 
 
 @pytest.mark.parametrize("name,message", [
     ("my rel", "no spaces"),
-    ("x" * 65, "1-64 characters"),
+    ("x" * 65, "1-64 ASCII"),
     ("../escape", "no folders"),
     ("rel/sub", "no folders"),
-    ("", "1-64 characters"),
+    ("", "1-64 ASCII"),
+    ("trail.", "not ending with '.'"),
+    ("CON", "Windows reserves 'CON'"),
+    ("nul.txt", "Windows reserves 'nul'"),
+    ("Com1", "Windows reserves 'Com1'"),
     ("кошка", "ASCII"),
 ])
 def test_bad_names_are_refused_at_queue_time(host, name, message):

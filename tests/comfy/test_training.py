@@ -138,4 +138,4 @@ def test_model_management_is_probed_not_assumed(host, tiny, monkeypatch):
     relation, _, _ = run_node(host, "ReVersionTrainRelation", "train",
                               **train_inputs(model, clip, vae, "probed_host", memory="auto", preview_every=0))
     assert relation.steps == 2 and torch.isfinite(relation.vectors["clip_l"]).all()
-    assert relation.hyperparameters["memory"]["mode"] == "fast" and loads == [2]     # MODEL + CLIP
+    assert relation.measured["memory"]["mode"] == "fast" and loads == [2]     # MODEL + CLIP

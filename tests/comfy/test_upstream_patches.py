@@ -185,7 +185,7 @@ def test_a_lora_stays_applied_when_its_weights_are_offloaded(host):
     offloaded, _, _ = run_node(host, "ReVersionTrainRelation", "train",
                                **train_inputs(patched_model, patched_clip, vae, "lora_offload", memory="offload",
                                               **inputs))
-    assert offloaded.hyperparameters["memory"]["mode"] == "offload"
+    assert offloaded.measured["memory"]["mode"] == "offload"
     assert torch.equal(offloaded.vectors["clip_l"], lean.vectors["clip_l"])
 
 

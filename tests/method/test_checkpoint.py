@@ -34,7 +34,7 @@ def test_cancel_mid_update_then_resume_equals_the_uninterrupted_run(tmp_path):
     path = tmp_path / "rel.resume"
     saves = []
 
-    def save(state):
+    def save(state, when):
         saves.append(state["step"])
         path.write_bytes(checkpoint.to_bytes(state))
     keep = checkpoint.Checkpointing(save=save, every=2, fingerprint="fp")
@@ -65,7 +65,7 @@ def test_a_checkpoint_only_resumes_the_same_run(change, message):
     cfg = trainer.TrainConfig(steps=3, batch_size=2, grad_accum=3, seed=4)
     states = []
     trainer.train(LinearBackend(), latents_of(2), [["cat {} dog"]] * 2, cfg,
-                  checkpointing=checkpoint.Checkpointing(save=states.append, every=3, fingerprint="fp"))
+                  checkpointing=checkpoint.Checkpointing(save=lambda state, when: states.append(state), every=3, fingerprint="fp"))
     with pytest.raises(errors.CheckpointError, match=message):
         checkpoint.check_compatible(states[-1], change.get("config", cfg).as_dict(), change.get("fingerprint", "fp"))
 
@@ -73,25 +73,56 @@ def test_a_checkpoint_only_resumes_the_same_run(change, message):
 def test_checkpoint_files_are_plain_data_and_bad_ones_say_what_to_do(tmp_path):
     states = []
     trainer.train(LinearBackend(), latents_of(2), [["cat {} dog"]] * 2, trainer.TrainConfig(steps=1, grad_accum=1),
-                  checkpointing=checkpoint.Checkpointing(save=states.append, every=1, fingerprint="fp"))
+                  checkpointing=checkpoint.Checkpointing(save=lambda state, when: states.append(state), every=1, fingerprint="fp"))
     good = tmp_path / "good.resume"
     good.write_bytes(checkpoint.to_bytes(states[-1]))
     assert checkpoint.load(good)["fingerprint"] == "fp"
     with pytest.raises(errors.CheckpointError, match="no checkpoint missing.resume.*switch 'resume' off"):
         checkpoint.load(tmp_path / "missing.resume")
+    unreadable = "is not a checkpoint this pack can read: damaged, from another program, or not plain data; delete it"
     (tmp_path / "torn.resume").write_bytes(good.read_bytes()[:50])
-    with pytest.raises(errors.CheckpointError, match="cannot be read .*delete it"):
+    with pytest.raises(errors.CheckpointError, match=unreadable):
         checkpoint.load(tmp_path / "torn.resume")
 
     class Evil:
         def __reduce__(self):
             return (print, ("this must never run",))
     (tmp_path / "evil.resume").write_bytes(pickle.dumps({"format": checkpoint.FORMAT, "x": Evil()}))
-    with pytest.raises(errors.CheckpointError, match="cannot be read"):
+    with pytest.raises(errors.CheckpointError, match=unreadable):
         checkpoint.load(tmp_path / "evil.resume")
     torch.save({"format": 99}, tmp_path / "future.resume")
-    with pytest.raises(errors.CheckpointError, match="not a checkpoint of this pack's format"):
+    with pytest.raises(errors.CheckpointError, match=unreadable + r".*no format 1 marker"):
         checkpoint.load(tmp_path / "future.resume")
+    # the pack's format with fields missing or of the wrong kind: named, not a KeyError later
+    torch.save({"format": checkpoint.FORMAT, "step": 3}, tmp_path / "partial.resume")
+    with pytest.raises(errors.CheckpointError, match=r"missing or wrong: vectors, optimizer, .*fingerprint"):
+        checkpoint.load(tmp_path / "partial.resume")
+    wrong = {**states[-1], "format": checkpoint.FORMAT, "config": {"steps": "many"}}
+    torch.save(wrong, tmp_path / "wrong.resume")
+    with pytest.raises(errors.CheckpointError, match=r"missing or wrong: config.steps"):
+        checkpoint.load(tmp_path / "wrong.resume")
+    (tmp_path / "folder.resume").mkdir()
+    with pytest.raises(errors.CheckpointError, match="folder.resume .* is a folder, not a checkpoint: move or delete it"):
+        checkpoint.load(tmp_path / "folder.resume")
+
+
+def test_a_checkpoint_resumes_only_on_its_model_family_and_weights():
+    """Vectors of another width, or another model's fingerprint, are refused by name (not a
+    'size of tensor a (128) must match (768)' from deep inside the restore)."""
+    cfg = trainer.TrainConfig(steps=3, batch_size=2, grad_accum=1, seed=4)
+    states = []
+    model = {"family": "SD1.x", "encoders": {"clip_l": 768}, "weights": "aaaa"}
+    trainer.train(LinearBackend(), latents_of(2), [["cat {} dog"]] * 2, cfg,
+                  checkpointing=checkpoint.Checkpointing(save=lambda state, when: states.append(state), every=1,
+                                                         fingerprint="fp", model=model))
+    state = states[0]
+    assert state["model"] == model and state["stopped"] == ""
+    with pytest.raises(errors.CheckpointError, match=r"another model family \(its vectors: clip_l 16; this model's: clip_l 128\)"):
+        checkpoint.check_compatible(state, cfg.as_dict(), "fp", vectors={"clip_l": torch.zeros(128)})
+    with pytest.raises(errors.CheckpointError, match=r"another model \(weights 'aaaa' -> 'bbbb'\): another checkpoint file, LoRA"):
+        checkpoint.check_compatible(state, cfg.as_dict(), "fp", model={**model, "weights": "bbbb"})
+    checkpoint.check_compatible(state, cfg.as_dict(), "fp", model=model, vectors={"clip_l": torch.zeros(16)})
+    checkpoint.check_compatible({**state, "model": {}}, cfg.as_dict(), "fp", model=model)   # older files: no record
 
 
 def test_the_fingerprint_is_the_exemplars_pixels_and_templates():

@@ -51,7 +51,10 @@ def test_every_node_is_a_v1_node_with_tooltips(host):
     for name, cls in ours.items():
         assert cls.CATEGORY.startswith("ReVersion") and cls.DESCRIPTION
         assert host.nodes.NODE_DISPLAY_NAME_MAPPINGS[name]
-        for section in cls.INPUT_TYPES().values():
+        for kind, section in cls.INPUT_TYPES().items():
+            if kind == "hidden":           # filled in by the host (the prompt, the node id): no widget
+                assert set(section.values()) <= {"PROMPT", "UNIQUE_ID"}, (name, section)
+                continue
             for input_name, spec in section.items():
                 assert len(spec) == 2 and spec[1].get("tooltip"), f"{name}.{input_name} has no tooltip"
                 assert len(spec[1]["tooltip"]) <= MAX_TOOLTIP, f"{name}.{input_name}: move details to web/docs"

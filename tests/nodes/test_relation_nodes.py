@@ -114,6 +114,8 @@ BAD_RELATIONS = [
      lambda p: write_safetensors(p, {"emb_params": torch.randn(1, 768)}, {"reversion.hyperparameters": "{lr:"}),
      r"'reversion.hyperparameters' is not valid JSON"),
     ("evil.bin", lambda p: p.write_bytes(pickle.dumps({"<R>": Evil()})), "refusing to unpickle"),
+    # a text file read as a legacy pickle used to fail with a bare "101" (KeyError of its first byte)
+    ("text.pt", lambda p: p.write_text("hello, not an embedding"), "text.pt is not a plain tensor file: damaged"),
     ("nan_official.bin", lambda p: torch.save({"<R>": torch.full((768,), float("nan"))}, str(p)), "NaN/Inf"),
 ]
 

@@ -1,0 +1,177 @@
+"""Checks of the whole graph when it is queued, before anything runs.
+
+ComfyUI validates each node on its own (VALIDATE_INPUTS) and, when a node fails, drops only
+the outputs that depend on it and runs the rest: a taken Save Relation name let the
+training run for nothing, and a Train Relation refused after a restart gave a green run
+that trained nothing. Files are a property of the whole graph, so this module checks them
+across all its nodes, in ComfyUI's on_prompt hook (it sees every /prompt request first):
+
+- every relation file a node will write: the name, an existing file, an unfinished or
+  stopped run's checkpoint, a run training that name now (store.queue_check); a file this
+  server wrote passes only for the graph part that wrote it (`graph_signature`: it will be
+  served from the cache), not for another graph that would find it taken after running;
+- two nodes of the graph writing the same file;
+- a prompt already in the queue that writes it (unless this node may overwrite);
+- Train Relation's number settings are finite (JSON allows NaN, which passes every range check).
+
+When any check fails, the whole prompt is refused: it is cut down to the nodes at fault
+(and what they depend on), and their name input is replaced by a marked message that their
+VALIDATE_INPUTS returns (store.queue_check), so /prompt answers 400 with the message on
+each node at fault, the front end marks them, and nothing runs.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from pathlib import Path
+
+from . import store
+
+log = logging.getLogger("ReVersion")
+
+WRITERS = {"ReVersionTrainRelation": "Train Relation", "ReVersionSaveRelation": "Save Relation"}
+FINITE_INPUTS = ("learning_rate", "weight_decay", "steering_weight", "temperature", "focal_alpha")
+
+
+def writers(prompt: dict) -> list[tuple[str, str, dict]]:
+    """(node id, class type, inputs) of the prompt's nodes that write a relation file."""
+    return [(str(i), n.get("class_type"), n.get("inputs") or {}) for i, n in prompt.items()
+            if isinstance(n, dict) and n.get("class_type") in WRITERS]
+
+
+def _literal(value, kind):
+    return value if isinstance(value, kind) and not isinstance(value, list) else None
+
+
+def problems(prompt: dict, queued: list[dict] = ()) -> dict[str, str]:
+    """node id -> what is wrong, for every writing node of `prompt` at fault; `queued`: the
+    prompts already running or waiting in the queue."""
+    found: dict[str, str] = {}
+    targets: dict[Path, list[tuple[str, str]]] = {}         # relation path -> [(node id, class)]
+    for node_id, cls, inputs in writers(prompt):
+        if cls == "ReVersionTrainRelation":
+            bad = [f"{k} {inputs[k]}" for k in FINITE_INPUTS
+                   if isinstance(inputs.get(k), float) and not math.isfinite(inputs[k])]
+            if bad:
+                found[node_id] = f"{', '.join(bad)}: give a finite number (the widget's range)"
+                continue
+        name = _literal(inputs.get("name"), str)
+        if name is None or name.startswith(store.REFUSED):         # set by another node: known at run time
+            continue
+        overwrite = bool(_literal(inputs.get("overwrite"), bool))
+        verdict = store.queue_check(name, overwrite, new_run=cls == "ReVersionTrainRelation"
+                                    and not _literal(inputs.get("resume"), bool))
+        if verdict is not True:
+            found[node_id] = verdict
+            continue
+        path = store.relation_path(name)
+        wrote = store.WRITTEN.graph(path)
+        if not overwrite and wrote is not None and wrote != graph_signature(prompt, node_id):
+            found[node_id] = (f"{path.name} already exists: this server wrote it from another graph (or other "
+                              f"inputs) earlier; choose another name, or switch 'overwrite' on")
+            continue
+        targets.setdefault(path, []).append((node_id, cls))
+    for path, nodes in targets.items():
+        if len(nodes) > 1:
+            listed = " and ".join(f"{node_id} ({WRITERS[cls]})" for node_id, cls in nodes)
+            for node_id, _ in nodes:
+                found.setdefault(node_id, f"nodes {listed} both write {path.name}: give each its "
+                                          f"own name (one would replace or refuse the other's file)")
+    earlier = {store.relation_path(_literal(i.get("name"), str)) for q in queued for _, _, i in writers(q)
+               if _valid_name(_literal(i.get("name"), str))}
+    for path, nodes in targets.items():
+        for node_id, cls in nodes:
+            if path in earlier and not _literal(prompt[node_id]["inputs"].get("overwrite"), bool):
+                found.setdefault(node_id, f"a prompt already in the queue writes {path.name}; wait "
+                                          f"for it, choose another name, or switch 'overwrite' on")
+    return found
+
+
+def graph_signature(prompt: dict | None, node_id) -> str | None:
+    """A hash of a node and everything it depends on in `prompt` (classes and literal inputs,
+    node ids left out): the same for the same graph part whatever the ids. A writing node
+    records it with its file; at queue time a file this server wrote passes only for the
+    graph part that wrote it (served from the cache), not for another that would write
+    there after running."""
+    if not isinstance(prompt, dict) or str(node_id) not in prompt:
+        return None
+    done: dict[str, str] = {}
+
+    def sign(i: str) -> str:
+        if i not in done:
+            node = prompt.get(i) or {}
+            inputs = {k: (["link", sign(str(v[0])), v[1]] if isinstance(v, list) and len(v) == 2 else v)
+                      for k, v in sorted((node.get("inputs") or {}).items())}
+            done[i] = hashlib.sha256(json.dumps([node.get("class_type"), inputs], sort_keys=True,
+                                                default=str).encode()).hexdigest()[:16]
+        return done[i]
+    return sign(str(node_id))
+
+
+def _valid_name(name) -> bool:
+    try:
+        return isinstance(name, str) and bool(store.check_name(name))
+    except ValueError:
+        return False
+
+
+def refused(prompt: dict, found: dict[str, str]) -> dict:
+    """The prompt cut down to the nodes at fault and their inputs, each writing node's name
+    replaced by the marked message its VALIDATE_INPUTS returns."""
+    keep, todo = set(), list(found)
+    while todo:
+        node_id = todo.pop()
+        if node_id in keep or node_id not in prompt:
+            continue
+        keep.add(node_id)
+        todo += [str(v[0]) for v in (prompt[node_id].get("inputs") or {}).values() if isinstance(v, list) and v]
+    out = {}
+    for node_id in keep:
+        node = {**prompt[node_id], "inputs": dict(prompt[node_id].get("inputs") or {})}
+        if node.get("class_type") in WRITERS:     # at fault, or upstream of one that is: neither may run
+            why = found.get(node_id) or f"not run: {', '.join(f'node {i}' for i in sorted(found))} cannot write"
+            node["inputs"]["name"] = store.REFUSED + why
+        out[node_id] = node
+    return out
+
+
+def on_prompt(json_data: dict) -> dict:
+    """ComfyUI's on_prompt handler: the request, or the request with its prompt refused."""
+    try:
+        prompt = json_data.get("prompt")
+        if not isinstance(prompt, dict) or not writers(prompt):
+            return json_data
+        found = problems(prompt, _queued())
+        if found:
+            log.warning("[ReVersion] prompt refused before running: %s",
+                        "; ".join(f"node {k}: {v}" for k, v in sorted(found.items())))
+            return {**json_data, "prompt": refused(prompt, found)}
+    except Exception:                       # never break /prompt for other graphs
+        log.exception("[ReVersion] the queue-time check failed; the prompt goes on unchecked")
+    return json_data
+
+
+def _queued() -> list[dict]:
+    """The prompts running or waiting in this server's queue."""
+    try:
+        import server
+        running, pending = server.PromptServer.instance.prompt_queue.get_current_queue()
+    except Exception:
+        return []
+    return [item[2] for item in [*running, *pending] if len(item) > 2 and isinstance(item[2], dict)]
+
+
+def install() -> bool:
+    """Register `on_prompt` with the running server (once); False where there is none."""
+    try:
+        import server
+        instance = server.PromptServer.instance
+    except (ImportError, AttributeError):
+        return False
+    if not hasattr(instance, "add_on_prompt_handler"):
+        return False
+    if on_prompt not in getattr(instance, "on_prompt_handlers", []):
+        instance.add_on_prompt_handler(on_prompt)
+    return True

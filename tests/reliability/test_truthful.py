@@ -1,0 +1,103 @@
+"""Messages say what is true, files hold only what the result depends on (through the
+nodes on a real host): a checkpoint that is unreadable, still training, from another model
+family or from another model of the same family; the same graph and seed give the same
+bytes whatever the memory plan measured; exemplar counts outside the paper's 4-10 warn."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from comfyui_reversion.reversion import checkpoint
+from comfyui_reversion.reversion.errors import CheckpointError
+from conftest import checkpoint_state, run_node, run_node_ui, small_exemplars, train_inputs
+
+
+def inputs(model, clip, vae, name, **overrides):
+    """4 updates of 2 exemplars at 32 px, a checkpoint every 2, no previews, never overwriting."""
+    return train_inputs(model, clip, vae, name, **{"exemplars": small_exemplars(2, 32), "steps": 4, "overwrite": False,
+                                                   "preview_every": 0, "checkpoint_every": 2, **overrides})
+
+
+def verdict(host, name, **kw):
+    return host.nodes.NODE_CLASS_MAPPINGS["ReVersionTrainRelation"].VALIDATE_INPUTS(name=name, **{"overwrite": False, **kw})
+
+
+@pytest.mark.parametrize("content,told", [
+    (b"\x80\x04not a checkpoint", "is not a checkpoint this pack can read: damaged, from another program"),
+    (checkpoint.to_bytes({"step": 3}), "missing or wrong: vectors, optimizer"),
+])
+def test_an_unreadable_checkpoint_is_called_so_not_an_unfinished_run(host, content, told):
+    (host.embeddings / "odd_ckpt.resume").write_bytes(content)
+    message = verdict(host, "odd_ckpt")
+    assert told in message and "delete it" in message
+    assert "unfinished" not in message and "update 0 of 0" not in message and "switch 'resume' on" not in message
+    with pytest.raises(CheckpointError, match="is not a checkpoint this pack can read"):
+        checkpoint.load(host.embeddings / "odd_ckpt.resume")
+    (host.embeddings / "odd_ckpt.resume").unlink()
+
+
+def test_a_run_training_now_is_called_running_not_unfinished(host):
+    from comfyui_reversion.reversion_comfy import store
+    path = store.relation_path("now_ckpt")
+    store.checkpoint_path(path).write_bytes(checkpoint.to_bytes(checkpoint_state(2, 9)))     # its periodic checkpoint
+    with store.RUNNING.training(path):
+        assert verdict(host, "now_ckpt").startswith("a run in this server is training 'now_ckpt' right now; wait")
+        assert "right now" in verdict(host, "now_ckpt", resume=True)
+    assert "unfinished run named 'now_ckpt' (update 2 of 9); switch 'resume' on" in verdict(host, "now_ckpt")
+
+
+def test_a_checkpoint_resumes_only_on_the_model_that_made_it(host, tiny):
+    """Stopped after 2 updates on one tiny SD1.x: resuming on SDXL (another family), on
+    another SD1.x (other weights) or on the same one with a LoRA-like patch is refused
+    by name; on the model itself it continues."""
+    from devtools import tiny_models
+    model, clip, vae = tiny("sd1")
+    run_node(host, "ReVersionTrainRelation", "train", **inputs(model, clip, vae, "whose_ckpt", steps=2))
+    (host.embeddings / "whose_ckpt.safetensors").unlink()
+    state = checkpoint.load(host.embeddings / "whose_ckpt.resume")
+    assert state["model"]["family"] == "SD1.x" and state["model"]["encoders"] == {"clip_l": int(clip.cond_stage_model.clip_l.transformer.get_input_embeddings().weight.shape[1])}
+    assert len(state["model"]["weights"]) == 16
+
+    xl_model, xl_clip, xl_vae = tiny("sdxl")
+    with pytest.raises(CheckpointError, match=r"made for another model family \(its vectors: clip_l \d+; this model's: "
+                                              r"clip_g \d+, clip_l \d+\)"):
+        run_node(host, "ReVersionTrainRelation", "train", **inputs(xl_model, xl_clip, xl_vae, "whose_ckpt", resume=True))
+    other = tiny_models.build("sd1", embedding_directory=[str(host.embeddings)], seed=7)
+    with pytest.raises(CheckpointError, match=r"made with another model \(weights '[0-9a-f]{16}' -> '[0-9a-f]{16}'\): "
+                                              r"another checkpoint file, LoRA or patch"):
+        run_node(host, "ReVersionTrainRelation", "train", **inputs(*other, "whose_ckpt", resume=True))
+    patched = model.clone()
+    key = next(k for k in patched.model_state_dict() if k.endswith("weight"))
+    patched.add_patches({key: (torch.full_like(patched.model_state_dict()[key], 1e-3),)}, 1.0)
+    with pytest.raises(CheckpointError, match="made with another model"):
+        run_node(host, "ReVersionTrainRelation", "train", **inputs(patched, clip, vae, "whose_ckpt", resume=True))
+    resumed, _, _ = run_node(host, "ReVersionTrainRelation", "train", **inputs(model, clip, vae, "whose_ckpt", resume=True))
+    assert resumed.steps == 4
+
+
+def test_the_same_graph_and_seed_give_the_same_bytes_whatever_the_memory_plan_measured(host, tiny, monkeypatch):
+    """The plan's measured numbers (needed_gib, free_gib) used to be stored in the file, so
+    the same graph wrote other bytes after other runs. Here the measurement is changed
+    between two runs: the files are identical."""
+    from comfyui_reversion.reversion_comfy import host as pack_host
+    from comfyui_reversion.reversion_comfy import memory
+    model, clip, vae = tiny("sd1")
+    first = run_node(host, "ReVersionTrainRelation", "train", **inputs(model, clip, vae, "bytes_a", memory="auto"))[0]
+    real = memory.MemoryEstimate.needed
+    monkeypatch.setattr(memory.MemoryEstimate, "needed", lambda self, *a: real(self, *a) + 2**28)
+    monkeypatch.setattr(pack_host, "free_memory", lambda device: 64 * 2**30)
+    second = run_node(host, "ReVersionTrainRelation", "train", **inputs(model, clip, vae, "bytes_b", memory="auto"))[0]
+    assert first.measured["memory"]["needed_gib"] != second.measured["memory"]["needed_gib"]
+    a = (host.embeddings / "bytes_a.safetensors").read_bytes()
+    b = (host.embeddings / "bytes_b.safetensors").read_bytes()
+    assert a.replace(b"bytes_a", b"bytes_b") == b
+
+
+def test_exemplar_counts_outside_the_papers_range_warn_but_train(host, tiny):
+    model, clip, vae = tiny("sd1")
+    out = run_node_ui(host, "ReVersionTrainRelation", "train",
+                      **inputs(model, clip, vae, "few_ex", exemplars=small_exemplars(3, 32), steps=1, overwrite=True))
+    assert "3 exemplars (the paper uses 4-10" in out["ui"]["text"][0]
+    out = run_node_ui(host, "ReVersionTrainRelation", "train",
+                      **inputs(model, clip, vae, "four_ex", exemplars=small_exemplars(4, 32), steps=1, overwrite=True))
+    assert "exemplars (the paper" not in out["ui"]["text"][0]
