@@ -7,6 +7,7 @@ the plain behaviour instead of crashing: the tested hosts are ComfyUI of 2024-03
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import logging
@@ -87,6 +88,26 @@ def release_cache() -> None:
 def progress_bar(total: int):
     """A ComfyUI progress bar (front-end progress; interrupts raise in server mode)."""
     return comfy.utils.ProgressBar(total)
+
+
+@contextlib.contextmanager
+def progress_held(value: int, total: int):
+    """While a training preview samples: every progress report (the sampler's own bar, its
+    latent previews) shows the training bar at `value` of `total` instead, so the node's
+    bar and the header's percentage never jump back. The host's hook still runs on each
+    report, so Cancel still reaches the sampler."""
+    hook = getattr(comfy.utils, "PROGRESS_BAR_HOOK", None)
+    if hook is None:
+        yield
+        return
+
+    def held(_value, _total, _preview=None, *args, **kwargs):
+        return hook(value, total, None, *args, **kwargs)
+    comfy.utils.PROGRESS_BAR_HOOK = held
+    try:
+        yield
+    finally:
+        comfy.utils.PROGRESS_BAR_HOOK = hook
 
 
 def check_interrupted() -> None:

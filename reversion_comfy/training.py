@@ -46,6 +46,7 @@ def train_relation(model, clip, vae, exemplars, config: TrainConfig, callback=No
     """
     if start_relation is not None:
         check_family(start_relation, text_encoders(clip))
+    progress = callback                    # (wrapped below when offloading)
     left_out = sampler_only_patches(model)
     if left_out:
         log.warning("ReVersion Train Relation: not applied in training (they need a sampler; previews apply "
@@ -69,6 +70,8 @@ def train_relation(model, clip, vae, exemplars, config: TrainConfig, callback=No
                     plan.offload = backend.offload()
                     callback = keeping_offloaded(backend, callback)
                 log.info("ReVersion Train Relation: %s", plan.describe())
+                if hasattr(progress, "begin"):       # the clock of "s/update" starts here, not at the encode
+                    progress.begin(int((checkpointing.resume_from or {}).get("step", 0)) if checkpointing else 0)
                 result = trainer.train(backend, latents, exemplars.templates, config, callback,
                                        interrupt=host.check_interrupted, checkpointing=checkpointing,
                                        start_vectors=start_relation.vectors if start_relation is not None else None)

@@ -26,6 +26,41 @@ def test_progress_bar_and_loss_preview_every_update(host, tiny):
     assert all(p is not None and p[0] == "PNG" for _, _, p in ours)
 
 
+def test_previews_never_move_the_training_bar_back(host, tiny):
+    """A preview samples with its own progress bar; it used to report on the same node (33%
+    -> 8% -> 100% -> 33%), as if training restarted. Now every report during training is
+    the training bar's, and it never goes backwards."""
+    import comfy.utils
+    model, clip, vae = tiny("sd1")
+    seen = []
+    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, **kw: seen.append((value, total)))
+    try:
+        run_node(host, "ReVersionTrainRelation", "train",
+                 **train_inputs(model, clip, vae, "held_bar", steps=4, preview_every=2, preview_steps=3))
+    finally:
+        comfy.utils.set_progress_bar_global_hook(None)
+    during = seen[:seen.index((4, 4)) + 1]
+    assert {t for _, t in during} == {4}                               # no report of the sampler's 3 steps
+    assert [v for v, _ in during] == sorted(v for v, _ in during)      # never backwards
+    assert (2, 4) in during and len(during) > 4                        # the previews' reports hold it at 2 and 4
+
+
+def test_time_per_update_counts_updates_only(host, monkeypatch):
+    """The clock starts when the first update starts (not at the exemplars' encode), and a
+    resumed run divides by the updates it ran, not by the absolute update number."""
+    from comfyui_reversion.reversion_comfy import progress as mod
+    now = {"t": 1000.0}
+    monkeypatch.setattr(mod.time, "monotonic", lambda: now["t"])
+    lines = []
+    monkeypatch.setattr(mod.log, "info", lambda fmt, *args: lines.append(fmt % args))
+    callback = mod.progress_callback(4)
+    now["t"] += 60                                 # encoding the exemplars, loading the model
+    callback.begin(2)                              # resumed after 2 updates
+    now["t"] += 7
+    callback(3, 4, {"loss": 1.0, "denoise": 1.0, "steer": 1.0}, {})
+    assert lines[-1].endswith("update 3/4 (75%), loss 1 (denoise 1, steer 1), 7.00 s/update, 7 s left")
+
+
 def test_training_logs_progress_and_reports_on_the_node(host, tiny, caplog):
     model, clip, vae = tiny("sd1")
     node = host.node("ReVersionTrainRelation")
