@@ -39,7 +39,8 @@ test-old: setup
 	COMFYUI_PATH=.hosts/comfyui-old $(PY) -m pytest -q tests
 
 # The Templates workflows in ComfyUI's own front end, in Debian's headless Chromium
-# (installed here if missing); screenshots to docs/images/. Once per host, like `make test`.
+# (installed here if missing), on each front end the host can serve (0.3.75: 1.32.9 and 1.58.1);
+# screenshots to runs/screenshots/. Once per host, like `make test`.
 test-browser: setup
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 	  (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver)

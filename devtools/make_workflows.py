@@ -116,7 +116,7 @@ def train_workflow(info: dict, key: str) -> dict:
     g.link(train, "loss_curve", curve, "images")
     g.group("3. Train <R>", [train, curve], COLOURS["train"])
 
-    y = 1100
+    y = 1400                      # below Train Relation as Nodes 2.0 grows it (preview + status: ~1100)
     pos = g.node("ReVersionRelationTextEncode", (1040, y), (400, 180), title="Prompt with <R>",
                  text="a cat <R> a dog")
     g.link(ckpt, 1, pos, "clip")
@@ -187,7 +187,9 @@ def toy_workflow(info: dict, api: dict) -> dict:
     add("4", (0, 880), (460, 480), title="Exemplars")
     g.group("1. Toy model, exemplars", [made[k] for k in ("1", "2", "4")], COLOURS["data"])
     add("3", (560, 80), (400, 840))               # tall: room for the live loss-curve preview
-    add("5", (560, 1000), (460, 380), title="Loss curve")
+    # below the node's own preview with room: Nodes 2.0 grows Train Relation to ~1100 units
+    # once it shows the loss/sample preview and its status
+    add("5", (560, 1320), (460, 380), title="Loss curve")
     g.group("2. Train <R>", [made["3"], made["5"]], COLOURS["train"])
     add("6", (1120, 80), (400, 130), title="Negative prompt")
     add("7", (1120, 290), (400, 110))

@@ -1,5 +1,5 @@
 """The workflows in a real browser: Debian's headless Chromium opens ComfyUI's own front end
-(1.32.9 from comfyui-frontend-package on the 0.3.75 host; the 2024 host's bundled web/),
+(on the 0.3.75 host: 1.32.9, which it pins, and the current 1.58.1; the 2024 host's bundled web/),
 loads every workflows/*.json the way the Templates dialog does, and reads back what the
 front end holds and would queue. Screenshots go to runs/screenshots/ (not tracked: look at
 them to see what a user sees).
@@ -33,20 +33,27 @@ pytestmark = pytest.mark.skipif(not (shutil.which(CHROMIUM) and shutil.which(CHR
                                 reason="needs Debian's chromium and chromium-driver (make test-browser)")
 
 
-def front_end_root():
-    try:
-        import comfyui_frontend_package
-    except ImportError:
-        return None
-    return Path(comfyui_frontend_package.__file__).parent / "static"
+def front_ends() -> dict:
+    """label -> static folder of each front end the host under test is tried with: on hosts
+    that take --front-end-root, the one 0.3.75 pins (1.32.9, requirements-dev.txt) and the
+    current one (1.58.1, .hosts/frontend-1.58 from make setup); older hosts serve their own."""
+    from devtools import host
+    if "--front-end-root" not in (host.comfyui_path() / "comfy" / "cli_args.py").read_text():
+        return {"2024": None}
+    import comfyui_frontend_package
+    return {"1.32": Path(comfyui_frontend_package.__file__).parent / "static",
+            "1.58": REPO / ".hosts" / "frontend-1.58"}
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+@pytest.fixture(scope="module", params=list(front_ends()))
+def server(request, tmp_path_factory):
     from devtools import headless, host
-    with headless.ComfyServer(host.comfyui_path(), tmp_path_factory.mktemp("server"),
-                              front_end_root=front_end_root()) as s:
-        s.new_front_end = "--front-end-root" in " ".join(s.command())
+    root = front_ends()[request.param]
+    if root is not None and not (root / "index.html").exists():
+        pytest.fail(f"front end {request.param} missing at {root}: run make setup")
+    with headless.ComfyServer(host.comfyui_path(), tmp_path_factory.mktemp("server"), front_end_root=root) as s:
+        s.front_end = request.param
+        s.new_front_end = root is not None
         if s.new_front_end:
             for key, value in (("Comfy.TutorialCompleted", True), ("Comfy.Workflow.ShowMissingModelsWarning", False),
                                ("Comfy.Workflow.ShowMissingNodesWarning", False)):
@@ -123,10 +130,10 @@ def test_front_end_holds_and_queues_exactly_what_the_workflows_say(server, brows
     for name in NAMES:
         wf = uw.load(REPO / "workflows" / f"{name}.json")
         got = load(browser, name, server.new_front_end, server)
-        by_id = {n["id"]: n for n in got["nodes"]}
-        assert sorted(by_id) == sorted(n["id"] for n in wf["nodes"]), name     # nothing dropped
+        by_id = {str(n["id"]): n for n in got["nodes"]}         # (1.58 holds ids as strings)
+        assert sorted(by_id) == sorted(str(n["id"]) for n in wf["nodes"]), name     # nothing dropped
         for node in wf["nodes"]:
-            values = [v for _, v in by_id[node["id"]]["widgets"]]
+            values = [v for _, v in by_id[str(node["id"])]["widgets"]]
             assert values == node["widgets_values"], (name, node["type"], by_id[node["id"]]["widgets"])
         # what Queue would send: the front end's own UI->API conversion equals ours, values exact
         sent = {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in got["output"].items()}
@@ -141,7 +148,7 @@ def test_front_end_holds_and_queues_exactly_what_the_workflows_say(server, brows
 
 def test_screenshots_of_the_workflows(server, browser):
     IMAGES.mkdir(parents=True, exist_ok=True)
-    tag = "" if server.new_front_end else "_2024"
+    tag = f"_{server.front_end}"
     for name in ("toyworld_demo", "sd15_train_relation"):
         load(browser, name, False, server)
         if server.new_front_end:                   # whole graph in view, no minimap
@@ -164,7 +171,8 @@ def test_nodes_2_0_mode_keeps_small_floats(server, browser):
         load(browser, "sd15_train_relation", False, server)
         time.sleep(3)
         shown = run_js(browser, """
-          const el = document.querySelector('input[aria-label="learning_rate"]');
+          const el = document.querySelector('input[aria-label="learning_rate"]')            // 1.32
+                  ?? document.querySelector('[data-widget-name="learning_rate"] input');    // 1.58
           if (!el) return null;
           el.focus(); el.dispatchEvent(new Event('focus'));
           await new Promise(r => setTimeout(r, 200));
@@ -173,35 +181,80 @@ def test_nodes_2_0_mode_keeps_small_floats(server, browser):
           const node = (app.graph._nodes ?? app.graph.nodes).find(n => n.type === 'ReVersionTrainRelation');
           return {text: el.value, value: node.widgets.find(w => w.name === 'learning_rate').value};
         """)
-        browser.save_screenshot(str(IMAGES / "ui_sd15_train_relation_nodes2.png"))
+        browser.save_screenshot(str(IMAGES / f"ui_sd15_train_relation_nodes2_{server.front_end}.png"))
         assert shown is not None, "no learning_rate input in Nodes 2.0 mode"
-        assert shown["text"] == "0.00025"                      # shown in full, not "0"
+        assert float(shown["text"]) == 2.5e-4                  # shown in full ("0.00025"), not "0"
         assert shown["value"] == 2.5e-4                        # focus + blur kept it (was: 1e-6)
     finally:
         run_js(browser, "await app.extensionManager.setting.set('Comfy.VueNodes.Enabled', false); return true;")
 
 
-def test_status_text_appears_on_the_node_after_a_run(server, browser, object_info):
+STATUS_ELEMENT = """
+  const n = (app.graph._nodes ?? app.graph.nodes).find(n => n.type === 'ReVersionTrainRelation');
+  const w = n.widgets.find(w => w.name === 'reversion_status');
+  const vue = document.querySelector('[data-widget-name="reversion_status"] textarea')
+           ?? document.querySelector('textarea[aria-label="reversion_status"]');
+  const el = args[0] ? vue : (w?.inputEl ?? w?.element);
+  if (!w || !el) return {value: w?.value ?? null, found: false};
+  const box = el.getBoundingClientRect();
+  return {value: w.value, found: true, text: el.value, readOnly: el.readOnly || el.disabled,
+          overflow: el.scrollHeight - el.clientHeight, wide: el.scrollWidth - el.clientWidth,
+          height: box.height};
+"""
+
+
+def test_a_run_shows_one_progress_bar_and_the_whole_status(server, browser, object_info):
+    """Train Relation with a preview every update: the progress the node's bar receives never
+    goes backwards (a preview's sampler used to report on the same node), and the summary
+    is shown whole, wrapped and read-only, in both modes where the front end has two."""
     wf = uw.load(REPO / "workflows" / "toyworld_demo.json")
     slots = [n for n, _ in uw.widget_slots(object_info["ReVersionTrainRelation"])]
     train = next(n for n in wf["nodes"] if n["type"] == "ReVersionTrainRelation")
-    train["widgets_values"][slots.index("steps")] = 1
-    train["widgets_values"][slots.index("batch_size")] = 1
-    train["widgets_values"][slots.index("name")] = "browser_run"
+    for key, value in (("steps", 2), ("batch_size", 1), ("name", f"browser_run_{server.front_end}"),
+                       ("preview_every", 1), ("preview_steps", 3)):
+        train["widgets_values"][slots.index(key)] = value
     for node in wf["nodes"]:                   # training only: mute the sampling branches
         if node["type"] == "SaveImage" and not node["widgets_values"][0].endswith("/loss_curve"):
             node["mode"] = 2
-    run_js(browser, "await app.loadGraphData(JSON.parse(args[0])); await app.queuePrompt(0, 1); return true;",
-           json.dumps(wf))
+    run_js(browser, """
+      const {api} = await import('/scripts/api.js');
+      window.__progress = [];
+      api.addEventListener('progress', (e) => window.__progress.push([String(e.detail.node), e.detail.value, e.detail.max]));
+      await app.loadGraphData(JSON.parse(args[0])); await app.queuePrompt(0, 1); return true;""", json.dumps(wf))
     deadline = time.time() + 300
     status = None
-    while time.time() < deadline and not status:
+    while time.time() < deadline and not (status and status["value"]):
         time.sleep(2)
-        status = run_js(browser, """
-          const n = (app.graph._nodes ?? app.graph.nodes).find(n => n.type === 'ReVersionTrainRelation');
-          return n.widgets.find(w => w.name === 'reversion_status')?.value ?? null;""")
-    assert status and status.startswith("saved browser_run.safetensors (embedding:browser_run): 1 updates")
-    browser.save_screenshot(str(IMAGES / ("ui_after_run.png" if server.new_front_end else "ui_after_run_2024.png")))
+        status = run_js(browser, STATUS_ELEMENT, False)
+    assert status["value"].startswith(f"saved browser_run_{server.front_end}.safetensors "
+                                      f"(embedding:browser_run_{server.front_end}): 2 updates")
+    assert status["found"] and status["text"] == status["value"] and status["readOnly"]
+    assert status["overflow"] <= 2 and status["wide"] <= 2, status          # the whole text in view
+    progress = [(v, m) for node, v, m in run_js(browser, "return window.__progress;") if node == str(train["id"])]
+    assert progress and {m for _, m in progress} == {2}, progress          # the sampler's 3 steps never shown
+    assert [v for v, _ in progress] == sorted(v for v, _ in progress), progress
+    browser.save_screenshot(str(IMAGES / f"ui_after_run_{server.front_end}.png"))
+    if server.front_end == "1.58":                 # Nodes 2.0 (1.32 has it too; 1.58 is what users get now)
+        run_js(browser, "await app.extensionManager.setting.set('Comfy.VueNodes.Enabled', true); return true;")
+        try:
+            time.sleep(3)
+            vue = run_js(browser, STATUS_ELEMENT, True)
+            browser.save_screenshot(str(IMAGES / f"ui_after_run_nodes2_{server.front_end}.png"))
+            assert vue["found"] and vue["text"] == status["value"] and vue["readOnly"], vue
+            assert vue["overflow"] <= 2, vue
+            # the node holding the loss/sample preview and the status covers no other node
+            covered = run_js(browser, """
+              const boxes = Array.from(document.querySelectorAll('[data-node-id]'))
+                .map(e => [e.getAttribute('data-node-id'), e.getBoundingClientRect()]);
+              const own = boxes.find(([id]) => id === args[0]);
+              if (!own) return null;
+              const [, a] = own;
+              return {train: [a.top, a.bottom], hit: boxes.filter(([id, b]) => id !== args[0] && b.width > 0 &&
+                b.left < a.right && b.right > a.left && b.top < a.bottom && b.bottom > a.top).map(([id]) => id)};
+            """, str(train["id"]))
+            assert covered is not None and covered["hit"] == [], covered
+        finally:
+            run_js(browser, "await app.extensionManager.setting.set('Comfy.VueNodes.Enabled', false); return true;")
 
 
 def test_new_nodes_start_wide_enough_for_titles_and_labels(browser, object_info):

@@ -66,6 +66,23 @@ def test_every_workflow_is_laid_out_for_reading():
     assert len(workflow("toyworld_demo")["nodes"]) <= 40
 
 
+# How tall Train Relation grows in Nodes 2.0 once it shows its preview and status (measured in
+# the browser test on the toy workflow: about 1080 canvas units at 1.58)
+TRAIN_GROWN = 1150
+
+
+def test_nothing_lies_where_train_relation_grows_in_nodes_2_0():
+    """The browser test shows it live on the toy workflow (the SD ones need weights): no node
+    below Train Relation, in its column, starts within TRAIN_GROWN of its top."""
+    for name in NAMES:
+        wf = workflow(name)
+        for train in (n for n in wf["nodes"] if n["type"] == "ReVersionTrainRelation"):
+            (x, y), width = train["pos"], train["size"][0]
+            below = [n["id"] for n in wf["nodes"] if n is not train and n["pos"][1] > y
+                     and n["pos"][0] < x + width and n["pos"][0] + n["size"][0] > x and n["pos"][1] < y + TRAIN_GROWN]
+            assert below == [], (name, below)
+
+
 def test_widget_values_land_on_the_intended_inputs(object_info):
     for key, ckpt, size in (("sd15", "v1-5-pruned-emaonly.safetensors", 512), ("sdxl", "sd_xl_base_1.0.safetensors", 1024)):
         api = uw.to_api(workflow(f"{key}_train_relation"), object_info)
