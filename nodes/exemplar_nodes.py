@@ -12,8 +12,8 @@ SIZE_TOOLTIP = ("Square side the exemplars are resized to (bicubic, no flip): 51
 
 
 class LoadExemplars:
-    DESCRIPTION = ("A folder of 4-10 images that share one relation, with `text.json` in the ReVersion "
-                   "Benchmark format (`{\"0.jpg\": [\"cat {} dog\"]}`) or one shared template.")
+    DESCRIPTION = ("A folder of 4-10 images that share one relation, with a text.json in the ReVersion "
+                   "Benchmark format ({\"0.jpg\": [\"cat {} dog\"]}) or one shared template.")
     CATEGORY = CATEGORY
     RETURN_TYPES = ("EXEMPLARS", "IMAGE")
     RETURN_NAMES = ("exemplars", "images")

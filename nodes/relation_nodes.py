@@ -14,9 +14,8 @@ NO_FILES = "(no relation files yet)"
 
 
 class RelationTextEncode:
-    # Descriptions are rendered as Markdown by the front end: keep <...> inside `code`.
-    DESCRIPTION = ("Encode a prompt whose `<R>` is the learned relation. Equal to CLIPTextEncode with "
-                   "`embedding:NAME` in place of `<R>`.")
+    DESCRIPTION = ("Encode a prompt with the learned relation where the prompt has its placeholder (R in "
+                   "angle brackets). Equal to CLIP Text Encode with embedding:NAME in that place.")
     CATEGORY = CATEGORY
     RETURN_TYPES = ("CONDITIONING",)
     OUTPUT_TOOLTIPS = ("Conditioning for KSampler and friends.",)
@@ -36,7 +35,7 @@ class RelationTextEncode:
 
 
 class SaveRelation:
-    DESCRIPTION = ("Write a relation to `models/embeddings/NAME.safetensors` (loadable as `embedding:NAME`). "
+    DESCRIPTION = ("Write a relation as NAME.safetensors in models/embeddings (loadable as embedding:NAME). "
                    "Shows the saved file name on the node.")
     CATEGORY = CATEGORY
     RETURN_TYPES = ()
@@ -71,8 +70,8 @@ class SaveRelation:
 
 
 class LoadRelation:
-    DESCRIPTION = ("Load a relation from `models/embeddings`: this pack's `.safetensors`, the official "
-                   "ReVersion `learned_embeds.bin`, or an A1111 `.pt` embedding.")
+    DESCRIPTION = ("Load a relation from models/embeddings: this pack's .safetensors, the official "
+                   "ReVersion learned_embeds.bin, or an A1111 .pt embedding.")
     CATEGORY = CATEGORY
     RETURN_TYPES = ("RELATION",)
     OUTPUT_TOOLTIPS = ("The relation, for Relation Text Encode.",)

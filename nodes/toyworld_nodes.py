@@ -25,7 +25,7 @@ class ToyWorldModel:
 
 
 class ToyWorldExemplars:
-    DESCRIPTION = ("Rendered exemplars of one toy relation. Templates hold `{}` where the relation "
+    DESCRIPTION = ("Rendered exemplars of one toy relation. Templates hold {} where the relation "
                    "word would be; the word itself never appears.")
     CATEGORY = CATEGORY
     RETURN_TYPES = ("EXEMPLARS", "IMAGE")

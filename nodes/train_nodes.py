@@ -19,12 +19,13 @@ SMALL_STEP = 1e-5
 
 
 class TrainRelation:
-    # Descriptions are rendered as Markdown by the front end: keep <...> inside `code`.
-    DESCRIPTION = ("ReVersion relation inversion: trains only the `<R>` token embedding (the model stays "
-                   "frozen) with the denoising loss, the relation-steering loss and relation-focal "
-                   "timestep sampling. Writes `models/embeddings/NAME.safetensors`, usable as "
-                   "`embedding:NAME` in any prompt. Progress, loss and time left are shown on the "
-                   "node and logged to the server console.")
+    # Descriptions are shown as Markdown in some places and as plain text in others (the
+    # search list): no backticks, no angle brackets, no long unbreakable paths.
+    DESCRIPTION = ("ReVersion relation inversion: trains only the relation token's embedding (the model "
+                   "stays frozen) with the denoising loss, the relation-steering loss and relation-focal "
+                   "timestep sampling. Writes NAME.safetensors in models/embeddings, usable as "
+                   "embedding:NAME in any prompt. Progress, loss and time left are shown on the node and "
+                   "logged to the server console.")
     CATEGORY = CATEGORY
     RETURN_TYPES = ("RELATION", "IMAGE", "IMAGE")
     RETURN_NAMES = ("relation", "loss_curve", "samples")
