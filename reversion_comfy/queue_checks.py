@@ -11,7 +11,9 @@ across all its nodes, in ComfyUI's on_prompt hook (it sees every /prompt request
   server wrote passes only for the graph part that wrote it (`graph_signature`: it will be
   served from the cache), not for another graph that would find it taken after running;
 - two nodes of the graph writing the same file;
-- a prompt already in the queue that writes it (unless this node may overwrite);
+- a run training it now, or a prompt already in the queue that writes it, from another
+  graph part (the same graph part queued again, a batch count above 1, is served from the
+  cache and passes; an overwriting node passes too);
 - Train Relation's number settings are finite (JSON allows NaN, which passes every range check).
 
 When any check fails, the whole prompt is refused: it is cut down to the nodes at fault
@@ -67,23 +69,33 @@ def problems(prompt: dict, queued: list[dict] = ()) -> dict[str, str]:
             found[node_id] = verdict
             continue
         path = store.relation_path(name)
+        signature = graph_signature(prompt, node_id)
+        if path in store.RUNNING and store.RUNNING.graph(path) != signature:
+            found[node_id] = store.RUNNING.RUNNING_NOW.format(path.stem)
+            continue
         wrote = store.WRITTEN.graph(path)
-        if not overwrite and wrote is not None and wrote != graph_signature(prompt, node_id):
+        if not overwrite and wrote is not None and wrote != signature:
             found[node_id] = (f"{path.name} already exists: this server wrote it from another graph (or other "
                               f"inputs) earlier; choose another name, or switch 'overwrite' on")
             continue
-        targets.setdefault(path, []).append((node_id, cls))
+        targets.setdefault(path, []).append((node_id, cls, signature))
     for path, nodes in targets.items():
         if len(nodes) > 1:
-            listed = " and ".join(f"{node_id} ({WRITERS[cls]})" for node_id, cls in nodes)
-            for node_id, _ in nodes:
+            listed = " and ".join(f"{node_id} ({WRITERS[cls]})" for node_id, cls, _ in nodes)
+            for node_id, _, _ in nodes:
                 found.setdefault(node_id, f"nodes {listed} both write {path.name}: give each its "
                                           f"own name (one would replace or refuse the other's file)")
-    earlier = {store.relation_path(_literal(i.get("name"), str)) for q in queued for _, _, i in writers(q)
-               if _valid_name(_literal(i.get("name"), str))}
+    # prompts in the queue: the same graph part again (a batch count above 1) will be served
+    # from the cache; another graph part writing the same file would find it taken
+    earlier: dict[Path, set] = {}
+    for q in queued:
+        for node_id, _, inputs in writers(q):
+            if _valid_name(_literal(inputs.get("name"), str)):
+                earlier.setdefault(store.relation_path(inputs["name"]), set()).add(graph_signature(q, node_id))
     for path, nodes in targets.items():
-        for node_id, cls in nodes:
-            if path in earlier and not _literal(prompt[node_id]["inputs"].get("overwrite"), bool):
+        for node_id, cls, signature in nodes:
+            overwrite = _literal(prompt[node_id]["inputs"].get("overwrite"), bool)
+            if earlier.get(path, {signature}) != {signature} and not overwrite:
                 found.setdefault(node_id, f"a prompt already in the queue writes {path.name}; wait "
                                           f"for it, choose another name, or switch 'overwrite' on")
     return found

@@ -165,22 +165,28 @@ def relation_conflict(path: Path, overwrite: bool, allow_ours: bool = False, don
 
 
 class RunningRuns:
-    """The relation paths that a run in this server is training now (claimed, not yet done)."""
+    """The relation paths that a run in this server is training now (claimed, not yet done),
+    each with the signature of the graph part running it (queue_checks.graph_signature)."""
+
+    RUNNING_NOW = "a run in this server is training '{}' right now; wait for it to finish, or choose another name"
 
     def __init__(self):
-        self._paths: set[str] = set()
+        self._graphs: dict[str, str | None] = {}
 
     @contextlib.contextmanager
-    def training(self, path: Path):
+    def training(self, path: Path, graph: str | None = None):
         key = str(Path(path).resolve())
-        self._paths.add(key)
+        self._graphs[key] = graph
         try:
             yield
         finally:
-            self._paths.discard(key)
+            self._graphs.pop(key, None)
 
     def __contains__(self, path) -> bool:
-        return str(Path(path).resolve()) in self._paths
+        return str(Path(path).resolve()) in self._graphs
+
+    def graph(self, path) -> str | None:
+        return self._graphs.get(str(Path(path).resolve()))
 
 
 RUNNING = RunningRuns()
@@ -194,8 +200,7 @@ def checkpoint_conflict(relation_path_: Path, overwrite: bool) -> str | None:
     path = checkpoint_path(relation_path_)
     name = path.stem
     if relation_path_ in RUNNING:
-        return (f"a run in this server is training '{name}' right now; wait for it to finish, or choose "
-                f"another name {NOTHING_DONE}")
+        return f"{RUNNING.RUNNING_NOW.format(name)} {NOTHING_DONE}"
     if overwrite or not (path.exists() or path.is_symlink()):
         return None
     try:
@@ -223,7 +228,9 @@ def queue_check(name: str, overwrite: bool, new_run: bool = False):
     except ValueError as e:
         return str(e)
     if path in RUNNING:
-        return f"a run in this server is training '{path.stem}' right now; wait for it to finish, or choose another name"
+        # its checkpoint is the running run's, not a leftover: whether this node may queue
+        # behind it (the same graph part, served from the cache) is queue_checks' decision
+        return relation_conflict(path, overwrite, allow_ours=True) or True
     problem = relation_conflict(path, overwrite, allow_ours=True) or (new_run and checkpoint_conflict(path, overwrite))
     return problem or True
 
@@ -233,8 +240,7 @@ def claim(name: str, overwrite: bool, new_run: bool = False, done: str = NOTHING
     (`done`: what the refusal left undone, for the message)."""
     path = relation_path(name)
     if path in RUNNING:
-        raise RelationFileError(f"a run in this server is training '{path.stem}' right now; wait for it to "
-                                f"finish, or choose another name {NOTHING_DONE}")
+        raise RelationFileError(f"{RUNNING.RUNNING_NOW.format(path.stem)} {NOTHING_DONE}")
     problem = relation_conflict(path, overwrite, done=done) or (new_run and checkpoint_conflict(path, overwrite))
     if problem:
         raise RelationFileError(problem)

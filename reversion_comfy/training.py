@@ -122,7 +122,7 @@ def train_and_save(model, clip, vae, exemplars, config: TrainConfig, options: Op
     and previews, write the relation file. Every check that can fail runs before training;
     whatever fails after the first update, what was learned is kept (keeping.py)."""
     path = store.claim(options.name, options.overwrite, new_run=not options.resume)
-    with store.RUNNING.training(path):
+    with store.RUNNING.training(path, options.graph):
         return _train_and_save(model, clip, vae, exemplars, config, options, path)
 
 

@@ -125,6 +125,19 @@ def test_nan_settings_are_refused_when_queued(server):
     assert not (server.embeddings / "nan_q.resume").exists()
 
 
+def test_the_same_training_graph_queued_twice_trains_once(server):
+    """A batch count of 2 queues the graph twice: both are accepted, the second is served
+    from the cache (not refused as 'already in the queue', not trained again)."""
+    graph = toy_training("batch_q", steps=3)
+    first, second = server.queue(graph), server.queue(graph)
+    assert server.wait(first, timeout=300)["status"]["status_str"] == "success"
+    written = (server.embeddings / "batch_q.safetensors").stat().st_mtime_ns
+    entry = server.wait(second, timeout=300)
+    assert entry["status"]["status_str"] == "success"
+    assert "3" in {n for m in entry["status"]["messages"] if m[0] == "execution_cached" for n in m[1]["nodes"]}
+    assert (server.embeddings / "batch_q.safetensors").stat().st_mtime_ns == written
+
+
 def test_a_name_that_a_running_or_queued_prompt_writes_is_refused(server):
     busy = toy_training("busy_q", steps=100000)
     running_id = server.queue(busy)

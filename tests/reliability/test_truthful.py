@@ -9,7 +9,7 @@ import torch
 
 from comfyui_reversion.reversion import checkpoint
 from comfyui_reversion.reversion.errors import CheckpointError
-from conftest import checkpoint_state, run_node, run_node_ui, small_exemplars, train_inputs
+from conftest import checkpoint_state, run_node, run_node_ui, small_exemplars, toy_training, train_inputs
 
 
 def inputs(model, clip, vae, name, **overrides):
@@ -37,13 +37,25 @@ def test_an_unreadable_checkpoint_is_called_so_not_an_unfinished_run(host, conte
 
 
 def test_a_run_training_now_is_called_running_not_unfinished(host):
-    from comfyui_reversion.reversion_comfy import store
+    """While a run trains `now_ckpt`, its periodic checkpoint is not a leftover: another
+    graph writing that name is told it is training right now; the same graph part queued
+    again (a batch count above 1) passes, to be served from the cache. Afterwards the
+    checkpoint is what it is: an unfinished run."""
+    from comfyui_reversion.reversion_comfy import queue_checks, store
     path = store.relation_path("now_ckpt")
     store.checkpoint_path(path).write_bytes(checkpoint.to_bytes(checkpoint_state(2, 9)))     # its periodic checkpoint
-    with store.RUNNING.training(path):
-        assert verdict(host, "now_ckpt").startswith("a run in this server is training 'now_ckpt' right now; wait")
-        assert "right now" in verdict(host, "now_ckpt", resume=True)
+    same, other = toy_training("now_ckpt"), toy_training("now_ckpt", train_seed=5)
+    with store.RUNNING.training(path, queue_checks.graph_signature(same, "3")):
+        assert verdict(host, "now_ckpt") is True            # per node: no false "unfinished"
+        assert queue_checks.problems(same) == {}
+        assert queue_checks.problems(other) == {"3": "a run in this server is training 'now_ckpt' right now; wait "
+                                                     "for it to finish, or choose another name"}
     assert "unfinished run named 'now_ckpt' (update 2 of 9); switch 'resume' on" in verdict(host, "now_ckpt")
+    # prompts waiting in the queue: the same graph part passes, another is refused
+    assert queue_checks.problems(same, queued=[same]) != {}           # the leftover checkpoint, as above
+    (store.checkpoint_path(path)).unlink()
+    assert queue_checks.problems(same, queued=[same]) == {}
+    assert "a prompt already in the queue writes now_ckpt.safetensors" in queue_checks.problems(other, queued=[same])["3"]
 
 
 def test_a_checkpoint_resumes_only_on_the_model_that_made_it(host, tiny):
