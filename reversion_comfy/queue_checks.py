@@ -129,16 +129,22 @@ def _valid_name(name) -> bool:
         return False
 
 
-def refused(prompt: dict, found: dict[str, str]) -> dict:
-    """The prompt cut down to the nodes at fault and their inputs, each writing node's name
-    replaced by the marked message its VALIDATE_INPUTS returns."""
-    keep, todo = set(), list(found)
+def needed(prompt: dict, node_ids) -> set[str]:
+    """The nodes `node_ids` and every node they depend on."""
+    keep, todo = set(), [str(i) for i in node_ids]
     while todo:
         node_id = todo.pop()
         if node_id in keep or node_id not in prompt:
             continue
         keep.add(node_id)
         todo += [str(v[0]) for v in (prompt[node_id].get("inputs") or {}).values() if isinstance(v, list) and v]
+    return keep
+
+
+def refused(prompt: dict, found: dict[str, str]) -> dict:
+    """The prompt cut down to the nodes at fault and their inputs, each writing node's name
+    replaced by the marked message its VALIDATE_INPUTS returns."""
+    keep = needed(prompt, found)
     out = {}
     for node_id in keep:
         node = {**prompt[node_id], "inputs": dict(prompt[node_id].get("inputs") or {})}
@@ -155,7 +161,12 @@ def on_prompt(json_data: dict) -> dict:
         prompt = json_data.get("prompt")
         if not isinstance(prompt, dict) or not writers(prompt):
             return json_data
-        found = problems(prompt, _queued())
+        targets = json_data.get("partial_execution_targets")     # 0.3.x: run only some outputs
+        if isinstance(targets, list) and targets:
+            part = needed(prompt, targets)
+            found = problems({k: v for k, v in prompt.items() if k in part}, _queued())
+        else:
+            found = problems(prompt, _queued())
         if found:
             log.warning("[ReVersion] prompt refused before running: %s",
                         "; ".join(f"node {k}: {v}" for k, v in sorted(found.items())))

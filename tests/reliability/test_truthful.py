@@ -113,3 +113,25 @@ def test_exemplar_counts_outside_the_papers_range_warn_but_train(host, tiny):
     out = run_node_ui(host, "ReVersionTrainRelation", "train",
                       **inputs(model, clip, vae, "four_ex", exemplars=small_exemplars(4, 32), steps=1, overwrite=True))
     assert "exemplars (the paper" not in out["ui"]["text"][0]
+
+
+def test_a_refused_prompt_keeps_only_the_nodes_at_fault_and_partial_runs_check_their_part(host):
+    """on_prompt, as ComfyUI calls it: a taken Save name refuses the whole prompt (cut to the
+    nodes at fault and what they need, each writing node's name carrying the reason its
+    VALIDATE_INPUTS returns); a run of only some outputs (0.3.x partial execution) is
+    checked for those outputs alone."""
+    from comfyui_reversion.reversion_comfy import queue_checks, store
+    (host.embeddings / "part_taken.safetensors").write_bytes(b"x")
+    graph = toy_training("part_fresh")
+    graph["4"] = {"class_type": "ReVersionSaveRelation",
+                  "inputs": {"relation": ["3", 0], "name": "part_taken", "overwrite": False}}
+    graph["9"] = {"class_type": "PreviewImage", "inputs": {"images": ["2", 1]}}
+    out = queue_checks.on_prompt({"prompt": graph, "client_id": "x"})
+    assert sorted(out["prompt"]) == ["1", "2", "3", "4"] and out["client_id"] == "x"      # the preview is gone
+    save = host.nodes.NODE_CLASS_MAPPINGS["ReVersionSaveRelation"]
+    assert "part_taken.safetensors already exists" in save.VALIDATE_INPUTS(**{
+        k: out["prompt"]["4"]["inputs"][k] for k in ("name", "overwrite")})
+    assert out["prompt"]["3"]["inputs"]["name"] == store.REFUSED + "not run: node 4 cannot write"
+    assert graph["3"]["inputs"]["name"] == "part_fresh"                                    # the request's graph untouched
+    request = {"prompt": graph, "partial_execution_targets": ["3"]}
+    assert queue_checks.on_prompt(request) is request
