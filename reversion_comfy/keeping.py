@@ -9,7 +9,8 @@ learned:
   file is written as usual; the summary says the checkpoint is missing);
 - the checkpoint when the run stops: the last good vector is written as a relation file to
   the recovery folder (output/reversion_recovered, else the system temp folder), and the
-  error the user sees says where, with the reason;
+  error the user sees says where, with the reason; a run that stopped itself (NaN,
+  runaway: it cannot be resumed as it was) gets that relation file too;
 - the relation file: store.save_relation keeps it in the recovery folder the same way.
 
 `RunKeeper.explain(error)` adds to the run's error where its completed updates are.
@@ -44,6 +45,10 @@ class RunKeeper:
         try:
             store.save_checkpoint(state, self.checkpoint)
             self.saved = (self.checkpoint, int(state["step"]))
+            if when == checkpoint.STOPPED and state.get("stopped"):
+                # a run that stopped itself cannot be resumed as it was: its last good vector
+                # is also kept as a relation file, usable at once
+                self.recovered = self.recover(state, "the run stopped itself")
             return
         except Exception as e:                  # OSError from the disk; anything torch.save raises
             reason = _reason(e)
@@ -69,6 +74,9 @@ class RunKeeper:
         stopped itself, so resuming it with the same settings is no way on)."""
         on = ("switch 'overwrite' on to train again with other settings" if diverged
               else "switch 'resume' on to continue the same run")
+        if self.recovered is not None and not self.stop_failed:
+            return (f"the last good state (update {self.saved[1]}) is kept in {self.saved[0]}, and its vector as a "
+                    f"relation at {self.recovered} (move it into {self.checkpoint.parent} to use it): {on}")
         if self.recovered is not None:
             return (f"{'; '.join(self.problems)}; the last good vector was kept at {self.recovered}: move it into "
                     f"{self.checkpoint.parent} to use it")

@@ -35,6 +35,7 @@ log = logging.getLogger("ReVersion")
 
 WRITERS = {"ReVersionTrainRelation": "Train Relation", "ReVersionSaveRelation": "Save Relation"}
 FINITE_INPUTS = ("learning_rate", "weight_decay", "steering_weight", "temperature", "focal_alpha")
+NOT_RUNNING = object()
 
 
 def writers(prompt: dict) -> list[tuple[str, str, dict]]:
@@ -62,6 +63,8 @@ def problems(prompt: dict, queued: list[dict] = ()) -> dict[str, str]:
         name = _literal(inputs.get("name"), str)
         if name is None or name.startswith(store.REFUSED):         # set by another node: known at run time
             continue
+        if isinstance(inputs.get("overwrite"), list) or isinstance(inputs.get("resume"), list):
+            continue                                  # wired: only known at run time (claim checks then)
         overwrite = bool(_literal(inputs.get("overwrite"), bool))
         verdict = store.queue_check(name, overwrite, new_run=cls == "ReVersionTrainRelation"
                                     and not _literal(inputs.get("resume"), bool))
@@ -70,7 +73,8 @@ def problems(prompt: dict, queued: list[dict] = ()) -> dict[str, str]:
             continue
         path = store.relation_path(name)
         signature = graph_signature(prompt, node_id)
-        if path in store.RUNNING and store.RUNNING.graph(path) != signature:
+        running = store.RUNNING.graph(path, default=NOT_RUNNING)      # one read: the worker may end it now
+        if running is not NOT_RUNNING and running is not None and running != signature:
             found[node_id] = store.RUNNING.RUNNING_NOW.format(path.stem)
             continue
         wrote = store.WRITTEN.graph(path)
@@ -114,12 +118,31 @@ def graph_signature(prompt: dict | None, node_id) -> str | None:
     def sign(i: str) -> str:
         if i not in done:
             node = prompt.get(i) or {}
-            inputs = {k: (["link", sign(str(v[0])), v[1]] if isinstance(v, list) and len(v) == 2 else v)
+            inputs = {k: (["link", sign(str(v[0])), int(v[1])] if _is_link(v) else _canonical(v))
                       for k, v in sorted((node.get("inputs") or {}).items())}
             done[i] = hashlib.sha256(json.dumps([node.get("class_type"), inputs], sort_keys=True,
                                                 default=str).encode()).hexdigest()[:16]
         return done[i]
     return sign(str(node_id))
+
+
+def _is_link(value) -> bool:
+    return isinstance(value, list) and len(value) == 2 and isinstance(value[1], (int, float))
+
+
+def _canonical(value):
+    """A literal input as validation leaves it: ComfyUI converts INT/FLOAT inputs in place
+    (a browser sends 1.0 as 1, the run sees 1.0), so numbers hash as floats; a wrapped
+    {"__value__": ...} as its value."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, dict) and set(value) == {"__value__"}:
+        return _canonical(value["__value__"])
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    return value
 
 
 def _valid_name(name) -> bool:
@@ -170,20 +193,29 @@ def on_prompt(json_data: dict) -> dict:
         if found:
             log.warning("[ReVersion] prompt refused before running: %s",
                         "; ".join(f"node {k}: {v}" for k, v in sorted(found.items())))
-            return {**json_data, "prompt": refused(prompt, found)}
+            out = {**json_data, "prompt": refused(prompt, found)}
+            out.pop("partial_execution_targets", None)    # every node left is at fault: validate them all
+            return out
     except Exception:                       # never break /prompt for other graphs
         log.exception("[ReVersion] the queue-time check failed; the prompt goes on unchecked")
     return json_data
 
 
 def _queued() -> list[dict]:
-    """The prompts running or waiting in this server's queue."""
+    """The prompts running or waiting in this server's queue, each cut to the outputs it
+    will execute (those that passed validation) and what they need."""
     try:
         import server
         running, pending = server.PromptServer.instance.prompt_queue.get_current_queue()
     except Exception:
         return []
-    return [item[2] for item in [*running, *pending] if len(item) > 2 and isinstance(item[2], dict)]
+    out = []
+    for item in [*running, *pending]:
+        if len(item) > 2 and isinstance(item[2], dict):
+            runs = item[4] if len(item) > 4 and isinstance(item[4], (list, set, tuple)) else None
+            part = needed(item[2], runs) if runs else set(item[2])    # the outputs it will execute
+            out.append({k: v for k, v in item[2].items() if k in part})
+    return out
 
 
 def install() -> bool:

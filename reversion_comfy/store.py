@@ -185,8 +185,10 @@ class RunningRuns:
     def __contains__(self, path) -> bool:
         return str(Path(path).resolve()) in self._graphs
 
-    def graph(self, path) -> str | None:
-        return self._graphs.get(str(Path(path).resolve()))
+    def graph(self, path, default=None):
+        """The signature of the graph part training `path` now (None: unknown), or `default`
+        if none is (one read: the worker thread may end the run at any moment)."""
+        return self._graphs.get(str(Path(path).resolve()), default)
 
 
 RUNNING = RunningRuns()
@@ -221,7 +223,9 @@ def queue_check(name: str, overwrite: bool, new_run: bool = False):
     """VALIDATE_INPUTS of a node that writes relation `name`: True, or the error text.
     `new_run`: also refuse to replace an unfinished run's checkpoint (Train Relation
     without resume)."""
-    if isinstance(name, str) and name.startswith(REFUSED):     # the whole prompt was refused
+    if not isinstance(name, str):           # wired from another node: checked at run time (claim)
+        return True
+    if name.startswith(REFUSED):            # the whole prompt was refused
         return name[len(REFUSED):]
     try:
         path = relation_path(name)

@@ -76,7 +76,7 @@ def test_a_runaway_vector_is_stopped_while_it_happens_not_after_the_run():
                                                       r".*learning rate too high \(now 4 = 1 x batch 2 x accumulation 2 with scale_lr"):
         run(backend, cfg, saves)
     state = saves[-1][0]
-    assert 1 <= state["step"] < 10 and saves[-1][1] == checkpoint.STOPPED
+    assert 1 <= state["step"] < 30 and saves[-1][1] == checkpoint.STOPPED
     assert float(state["vectors"]["clip_l"].norm()) <= health.DIVERGENCE_FACTOR * float(start.norm())
 
 

@@ -116,6 +116,10 @@ def test_a_nan_loss_stops_at_its_update_and_the_checkpoint_stays_finite(host, ti
     assert not (host.embeddings / "nan_run.safetensors").exists()
     state = checkpoint.load(host.embeddings / "nan_run.resume")
     assert state["step"] == 2 and all(torch.isfinite(v).all() for v in state["vectors"].values())
+    # it cannot be resumed as it was, so its last good vector is also a relation file, ready to use
+    kept = Path(message.split("and its vector as a relation at ")[1].split(" (move it")[0])
+    assert kept.parent.name == "reversion_recovered"
+    assert torch.equal(rf.load(kept).vectors["clip_l"], state["vectors"]["clip_l"]) and rf.load(kept).steps == 2
     # the next queue says what happened, not "unfinished: switch resume on"
     cls = host.nodes.NODE_CLASS_MAPPINGS["ReVersionTrainRelation"]
     verdict = cls.VALIDATE_INPUTS(name="nan_run", overwrite=False)

@@ -135,3 +135,23 @@ def test_a_refused_prompt_keeps_only_the_nodes_at_fault_and_partial_runs_check_t
     assert graph["3"]["inputs"]["name"] == "part_fresh"                                    # the request's graph untouched
     request = {"prompt": graph, "partial_execution_targets": ["3"]}
     assert queue_checks.on_prompt(request) is request
+
+
+def test_the_graph_signature_sees_what_the_run_sees_and_wired_inputs_wait_for_the_run(host):
+    """ComfyUI turns 0 into 0.0 when it validates a FLOAT input: the signature taken when
+    queued (as sent) equals the one taken when run (as validated). A wired overwrite or
+    name is only known at run time: no queue-time verdict on it."""
+    from comfyui_reversion.reversion_comfy import queue_checks, store
+    sent = toy_training("sig_q", weight_decay=0, focal_alpha=1)
+    validated = toy_training("sig_q", weight_decay=0.0, focal_alpha=1.0)
+    assert queue_checks.graph_signature(sent, "3") == queue_checks.graph_signature(validated, "3")
+    assert queue_checks.graph_signature(sent, "3") != queue_checks.graph_signature(toy_training("sig_q"), "3")
+    (host.embeddings / "wired_q.safetensors").write_bytes(b"x")
+    wired = toy_training("wired_q")
+    wired["8"] = {"class_type": "PrimitiveBoolean", "inputs": {"value": True}}
+    wired["3"]["inputs"]["overwrite"] = ["8", 0]
+    assert queue_checks.problems(wired) == {}
+    assert store.queue_check(None, False) is True          # a wired name reaches VALIDATE_INPUTS as None
+    # a refused partial run keeps no targets that were cut away (else: "Prompt has no outputs")
+    refused = queue_checks.on_prompt({"prompt": toy_training("wired_q"), "partial_execution_targets": ["3"]})
+    assert "partial_execution_targets" not in refused and "3" in refused["prompt"]
