@@ -161,7 +161,7 @@ def train(backend: Backend, latents: torch.Tensor, templates: list[list[str]], c
         return checkpoint.snapshot(result.history, vectors, optimizer, boundary, config.as_dict(),
                                    checkpointing.fingerprint, checkpointing.model, stopped)
 
-    health = UpdateHealth(start_vectors, config, config.steps)   # norms of where the run began
+    health = UpdateHealth(start_vectors, config)        # norms of where the run began
     start = time.perf_counter()
     try:
         for step in range(result.steps_done, config.steps):

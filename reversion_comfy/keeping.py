@@ -40,6 +40,7 @@ class RunKeeper:
         self.recovered: Path | None = None
         self.problems: list[str] = []
         self.stop_failed = False
+        self._reported: set[str] = set()         # the kinds of write (`when`) already in `problems`
 
     def save(self, state: dict, when: str) -> None:
         try:
@@ -54,8 +55,9 @@ class RunKeeper:
             reason = _reason(e)
         problem = f"checkpoint {self.checkpoint.name} could not be written {when} (update {state['step']}): {reason}"
         log.warning("[ReVersion] %s%s", problem, "; training goes on" if when == checkpoint.PERIODIC else "")
-        if not any(p.startswith(problem.split(" (update")[0]) for p in self.problems):
-            self.problems.append(problem)          # once per kind, not every N updates
+        if when not in self._reported:             # once per kind, not every N updates
+            self._reported.add(when)
+            self.problems.append(problem)
         if when == checkpoint.STOPPED:
             self.stop_failed = True
             self.recovered = self.recover(state, reason)

@@ -195,14 +195,12 @@ RUNNING = RunningRuns()
 
 
 def checkpoint_conflict(relation_path_: Path, overwrite: bool) -> str | None:
-    """Why a new run may not start under this name because of its checkpoint, or None: a
-    run training it right now, an unfinished or stopped run's checkpoint (not replaced
-    silently), a file that is not a checkpoint. A finished run's checkpoint may be replaced
-    freely (the relation file it led to is protected on its own)."""
+    """Why a new run may not start under this name because of its checkpoint, or None: an
+    unfinished or stopped run's checkpoint (not replaced silently), a file that is not a
+    checkpoint. A finished run's checkpoint may be replaced freely (the relation file it led
+    to is protected on its own). A run training the name now is the callers' check first."""
     path = checkpoint_path(relation_path_)
     name = path.stem
-    if relation_path_ in RUNNING:
-        return f"{RUNNING.RUNNING_NOW.format(name)} {NOTHING_DONE}"
     if overwrite or not (path.exists() or path.is_symlink()):
         return None
     try:

@@ -57,7 +57,7 @@ def train_relation(model, clip, vae, exemplars, config: TrainConfig, callback=No
         latents = vae_encode(vae, exemplars.images, config.seed)
         backend.prepare()
         if checkpointing is not None:                    # a checkpoint resumes only on this model
-            widths = {k: int(v.shape[-1]) for k, v in backend.initial_vectors(config.init_word).items()}
+            widths = {e.key: int(e.table.shape[-1]) for e in backend.encoders}
             checkpointing.model = {"family": family_name(widths), "encoders": widths,
                                    "weights": host.model_fingerprint(model, clip)}
         try:
