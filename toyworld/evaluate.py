@@ -69,16 +69,25 @@ def summarise(verdicts: list[judge.Verdict], prompts: list[Prompt]) -> dict:
     for rel in sorted({p.relation for p in prompts}):
         vps = [(v, p) for v, p in zip(verdicts, prompts) if p.relation == rel]
         per_relation[rel] = {"relation_accuracy": float(np.mean([v.relation_ok for v, _ in vps])),
+                             "inverse_rate": inverse_rate(vps),
                              "entity_accuracy": float(np.mean([v.entities_ok for v, _ in vps])),
                              "n_images": len(vps), **misreads(vps)}
     return {
         "relation_accuracy": float(np.mean([v.relation_ok for v in verdicts])),
+        "inverse_rate": inverse_rate(list(zip(verdicts, prompts))),
         "entity_accuracy": float(np.mean([v.entities_ok for v in verdicts])),
         "n_images": len(verdicts),
         "per_relation": per_relation,
         "relations_read": misreads(list(zip(verdicts, prompts)))["relations_read"],
         "seen": [v.seen for v in verdicts],
     }
+
+
+def inverse_rate(verdicts_and_prompts) -> float:
+    """The share of images that drew the asked relation with the objects' roles swapped
+    ("A left of B" read as "A right of B", "A inside B" as "A contains B")."""
+    return float(np.mean([v.read is not None and v.read[1] == judge.INVERSE[p.relation]
+                          for v, p in verdicts_and_prompts]))
 
 
 def misreads(verdicts_and_prompts) -> dict:
@@ -93,6 +102,8 @@ def misreads(verdicts_and_prompts) -> dict:
         for asked, drawn in ((p.a, v.read[0]), (p.b, v.read[2])):
             if asked != drawn:
                 objects[f"{asked} -> {drawn}"] += 1
+        for extra in v.extras:
+            objects[f"extra {extra}"] += 1
     return {"relations_read": dict(relations.most_common()), "objects_misread": dict(objects.most_common())}
 
 
@@ -111,6 +122,7 @@ def score_colourless(images, prompts: list[Prompt], confound: tuple[str, str]) -
     verdicts = [judge.judge_shapes(np.asarray(img), p.a, p.relation, p.b) for img, p in zip(images, prompts)]
     return {
         "relation_accuracy": float(np.mean([v.relation_ok for v in verdicts])),
+        "inverse_rate": inverse_rate(list(zip(verdicts, prompts))),
         "entity_accuracy": float(np.mean([v.shapes_ok for v in verdicts])),
         "leak_rate": float(np.mean([v.colours == tuple(confound) for v in verdicts])),
         "n_images": len(verdicts),

@@ -12,6 +12,9 @@ supports red circle", "green circle" when only one object shows), then
 
 re-samples the same images (same seed), judges them and writes lab/judge/hand_check.csv
 (index, prompt, judge, hand), whose agreement lab/judge/bench_judge.py prints.
+
+`--word and` draws the prompts with the init word in the relation slot instead of the true
+one (where extra objects are most common: the judge counts every object since issue 25).
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ def main():
                    help="with --hand: where to write the joined table")
     p.add_argument("--weights", default=str(REPO / "toyworld" / "toyworld.safetensors"), help="toy model weights")
     p.add_argument("--out", default=str(REPO / "runs" / "hand_check"))
+    p.add_argument("--word", default=None, help="the word in the relation slot (default: the true relation's)")
     args = p.parse_args()
     from devtools import host
     host.import_comfy()
@@ -64,10 +68,10 @@ def main():
         writer = csv.writer(f)
         writer.writerow(["index", "prompt", "judge"] + (["hand"] if hand else []))
         for i, prompt in enumerate(picked):
-            img = toy_model.sample(model, clip, vae, toy_model.encode(clip, prompt.text(prompt.relation)),
+            img = toy_model.sample(model, clip, vae, toy_model.encode(clip, prompt.text(args.word or prompt.relation)),
                                    seed=int(rng.integers(1 << 30)), batch=1)[0].cpu().numpy()
             seen = judge.judge(img, prompt.a, prompt.relation, prompt.b).seen
-            writer.writerow([i, prompt.text(prompt.relation), seen] + ([hand[i]] if hand else []))
+            writer.writerow([i, prompt.text(args.word or prompt.relation), seen] + ([hand[i]] if hand else []))
             x, y = (i % cols) * cell, (i // cols) * (cell + 14)
             sheet.paste(Image.fromarray((img * 255).round().astype(np.uint8)).resize((cell, cell)), (x, y + 14))
             draw.text((x + 2, y), str(i), fill=(0, 0, 0))

@@ -60,3 +60,62 @@ def test_confounded_exemplars_share_unnamed_colours_and_the_shape_judge_reads_th
     wrong = scenes.render(scenes.make_scene(np.random.default_rng(0), "above", "green circle", "yellow square"))
     v = evaluate.judge.judge_shapes(wrong, "circle", "below", "square")
     assert v.shapes_ok and not v.relation_ok and v.colours == ("green", "yellow")
+
+
+def _with(image, *extra: "scenes.Obj"):
+    """The image with more objects painted on it."""
+    image = image.copy()
+    for o in extra:
+        image[scenes.obj_mask(o)] = scenes.COLOURS[o.colour]
+    return image
+
+
+def test_every_object_counts_a_duplicate_or_a_third_object_is_an_entity_error():
+    """'a red triangle left of a blue circle' drawn with a second red triangle, or with a
+    green square besides: the relation of the two is read as before, the entities are wrong
+    and the report names the extra object (the judge used to keep the largest blob per colour)."""
+    scene = scenes.Scene(scenes.Obj("triangle", "red", 4, 2, 8), scenes.Obj("circle", "blue", 4, 20, 9), "left of")
+    clean = scenes.render(scene)
+    ok = judge.judge(clean, "red triangle", "left of", "blue circle")
+    assert (ok.entities_ok, ok.relation_ok, ok.extras) == (True, True, ())
+    for extra, name in ((scenes.Obj("triangle", "red", 20, 12, 7), "red triangle"),
+                        (scenes.Obj("square", "green", 20, 12, 7), "green square")):
+        for image in (_with(clean, extra), scenes.upscale(_with(clean, extra))):
+            v = judge.judge(image, "red triangle", "left of", "blue circle")
+            assert (v.entities_ok, v.relation_ok, v.extras) == (False, True, (name,)), v
+            assert v.seen == f"red triangle left of blue circle + {name}"
+    prompt = evaluate.Prompt("red triangle", "left of", "blue circle")
+    report = evaluate.score([clean, _with(clean, scenes.Obj("triangle", "red", 20, 12, 7))], [prompt, prompt])
+    assert report["entity_accuracy"] == 0.5 and report["relation_accuracy"] == 1.0
+    assert report["per_relation"]["left of"]["objects_misread"] == {"extra red triangle": 1}
+
+
+def test_a_container_cut_in_two_by_its_inner_object_is_one_object():
+    """Pieces of an object's colour inside its convex hull are the object (an inner shape
+    that reaches the container's edge splits its ring), not extras."""
+    container = scenes.Obj("square", "blue", 6, 6, 20)
+    inner = scenes.Obj("square", "red", 14, 8, 8)
+    image = scenes.render(scenes.Scene(inner, container, "inside"))
+    image[13, 6:8] = image[22, 6:8] = scenes.BACKGROUND    # a notch above and below cuts off the strip left of it
+    masks = judge.colour_masks(image)
+    assert len([c for c in judge._components(masks["blue"]) if c.sum() >= judge.MIN_PIXELS]) == 2
+    v = judge.judge(image, "red square", "inside", "blue square")
+    assert v.extras == () and v.entities_ok and v.relation_ok, v
+
+
+def test_inverse_rate_counts_the_relation_drawn_with_the_roles_swapped():
+    rng = np.random.default_rng(5)
+    asked = [evaluate.Prompt("red circle", r, "blue square") for r in ("left of", "above", "inside", "on top of")]
+    swapped = {"left of": "right of", "above": "below", "inside": "inside", "on top of": "on top of"}
+    images = []
+    for p in asked:
+        if p.relation in ("inside", "on top of"):        # B inside / on top of A: A contains / supports B
+            s = scenes.make_scene(rng, swapped[p.relation], "blue square", "red circle")
+        else:
+            s = scenes.make_scene(rng, swapped[p.relation], p.a, p.b)
+        images.append(scenes.render(s))
+    report = evaluate.score(images, asked)
+    assert report["relation_accuracy"] == 0.0 and report["inverse_rate"] == 1.0
+    assert report["relations_read"] == {"right of": 1, "below": 1, "contains": 1, "supports": 1}
+    assert evaluate.score([scenes.render(scenes.make_scene(rng, "below", "red circle", "blue square"))],
+                          [asked[0]])["inverse_rate"] == 0.0     # another wrong relation is not an inverse
