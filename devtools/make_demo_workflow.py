@@ -26,7 +26,7 @@ TRAIN = {"steps": 300, "batch_size": 8, "grad_accum": 1, "learning_rate": 6.25e-
          "focal_alpha": 0.5, "init_word": "and", "train_seed": 2023,
          # the optional widgets too, so the UI workflow and this graph agree input for input
          "memory": "auto", "checkpoint_every": 100, "resume": False, "preview_every": 50, "preview_prompt": "",
-         "preview_steps": 12}
+         "preview_steps": 12, "swap_weight": 0.0, "num_vectors": 1}
 SAMPLE = {"steps": 20, "cfg": 4.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}
 
 

@@ -3,7 +3,7 @@
 The node unpacks its inputs; `reversion_comfy.training.train_and_save` does the work."""
 from __future__ import annotations
 
-from ..reversion.trainer import TrainConfig
+from ..reversion.trainer import MAX_VECTORS, TrainConfig
 from ..reversion_comfy import queue_checks, store, training
 from ..reversion_comfy.memory import MODES
 
@@ -67,6 +67,9 @@ class TrainRelation:
             "preview_every": ("INT", {"default": 100, "min": 0, "max": 100000, "tooltip": "Every N updates, draw the preview prompt with the relation so far, beside the loss curve (0 = only the final samples). Not counted as training time."}),
             "preview_prompt": ("STRING", {"default": "", "tooltip": "Prompt with R in angle brackets where the relation goes, for the previews and the samples output; empty = the first exemplar template with the relation in its slot."}),
             "preview_steps": ("INT", {"default": 12, "min": 1, "max": 100, "tooltip": "Sampler steps per preview (euler, fixed seed)."}),
+            # beyond the paper (issue 25); last, so that older graphs keep their widget values
+            "swap_weight": ("FLOAT", {"default": d.swap_weight, "min": 0.0, "max": 10.0, "step": 0.01, "tooltip": "Beyond the paper: the caption with its two objects swapped (A R B as B R A) must denoise worse than its own, teaching which object goes on which side. 0 = off (the paper). Up to one more model pass per exemplar."}),
+            "num_vectors": ("INT", {"default": d.num_vectors, "min": 1, "max": MAX_VECTORS, "tooltip": "Token vectors the relation learns (paper: 1). The relation then takes that many token places in a prompt; Relation Text Encode and embedding:NAME both use them all."}),
         }, "hidden": {"prompt": "PROMPT", "unique_id": "UNIQUE_ID"}}   # which graph part wrote the file
 
     @classmethod
@@ -83,11 +86,13 @@ class TrainRelation:
     def train(self, model, clip, vae, exemplars, name, steps, batch_size, grad_accum, learning_rate,
               scale_lr, weight_decay, steering_weight, num_positives, temperature, focal_alpha,
               init_word, train_seed, overwrite, memory="auto", checkpoint_every=100, resume=False,
-              init_relation=None, preview_every=100, preview_prompt="", preview_steps=12, prompt=None, unique_id=None):
+              init_relation=None, preview_every=100, preview_prompt="", preview_steps=12, swap_weight=0.0,
+              num_vectors=1, prompt=None, unique_id=None):
         config = TrainConfig(steps=steps, batch_size=batch_size, grad_accum=grad_accum, base_lr=learning_rate,
                              scale_lr=scale_lr, weight_decay=weight_decay, steering_weight=steering_weight,
                              num_positives=num_positives, temperature=temperature, focal_alpha=focal_alpha,
-                             init_word=init_word.strip(), seed=train_seed)
+                             init_word=init_word.strip(), seed=train_seed, swap_weight=swap_weight,
+                             num_vectors=num_vectors)
         options = training.Options(name=name, overwrite=overwrite, memory=memory, checkpoint_every=checkpoint_every,
                                    resume=resume, init_relation=init_relation, preview_every=preview_every,
                                    preview_prompt=preview_prompt, preview_steps=preview_steps,

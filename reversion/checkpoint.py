@@ -26,6 +26,7 @@ from typing import Callable
 
 import torch
 
+from . import swap
 from .errors import CheckpointError
 
 FORMAT = 1
@@ -142,14 +143,19 @@ def progress(state: dict) -> tuple[int, int]:
     return int(state["step"]), int(state["config"]["steps"])
 
 
+# settings added after checkpoints were first written, with the value every earlier run had (the
+# margin did nothing with the swap term off: today's default, so older runs resume)
+ADDED_LATER = {"swap_weight": 0.0, "swap_margin": swap.MARGIN, "num_vectors": 1}
+
+
 def check_compatible(state: dict, config: dict, fingerprint_: str, model: dict | None = None,
                      vectors: dict | None = None) -> None:
     """Refuse to continue a run on another model, with other exemplars or other settings
     (except more steps). `model`: this run's model fingerprint (checked when both sides
     have one); `vectors`: this run's starting vectors (their shapes must match)."""
     if vectors is not None:
-        theirs = {k: tuple(v.shape) for k, v in state["vectors"].items()}
-        ours = {k: tuple(v.shape) for k, v in vectors.items()}
+        theirs = {k: tuple(v.shape[-1:]) for k, v in state["vectors"].items()}
+        ours = {k: tuple(v.shape[-1:]) for k, v in vectors.items()}
         if theirs != ours:
             raise CheckpointError(f"the checkpoint was made for another model family (its vectors: {_shapes(theirs)}; "
                                   f"this model's: {_shapes(ours)}); use that model, or switch 'resume' off and "
@@ -163,10 +169,10 @@ def check_compatible(state: dict, config: dict, fingerprint_: str, model: dict |
     if state["fingerprint"] != fingerprint_:
         raise CheckpointError("the checkpoint was made with other exemplars (images or templates differ); "
                               "use the same exemplars, or switch 'resume' off and 'overwrite' on to start over")
-    differ = sorted(k for k in set(config) | set(state["config"])
-                    if k != "steps" and config.get(k) != state["config"].get(k))
+    theirs = {**ADDED_LATER, **state["config"]}       # an older checkpoint: the value its run had
+    differ = sorted(k for k in set(config) | set(theirs) if k != "steps" and config.get(k) != theirs.get(k))
     if differ:
-        changes = ", ".join(f"{k} {state['config'].get(k)!r} -> {config.get(k)!r}" for k in differ)
+        changes = ", ".join(f"{k} {theirs.get(k)!r} -> {config.get(k)!r}" for k in differ)
         raise CheckpointError(f"the checkpoint was made with other settings ({changes}); set them back to "
                               f"resume, or switch 'resume' off and 'overwrite' on to start over")
     if state["step"] >= config["steps"]:

@@ -43,7 +43,7 @@ class UpdateHealth:
 
     def losses(self, step: int, totals: dict, vectors: dict[str, torch.Tensor]) -> None:
         """Update `step`'s loss parts and gradient are finite, or TrainingDiverged."""
-        bad = [k for k in ("denoise", "steer", "loss") if not math.isfinite(totals[k])]
+        bad = [k for k in ("denoise", "steer", "swap", "loss") if k in totals and not math.isfinite(totals[k])]
         # one read for all encoders (tolist: no per-value sync; the loss figures are read already)
         keys = [k for k, v in vectors.items() if v.grad is not None]
         finite = torch.stack([torch.isfinite(vectors[k].grad).all() for k in keys]).tolist() if keys else []
@@ -52,7 +52,7 @@ class UpdateHealth:
             return
         what = (f"the loss became {_value(totals[bad[0]])} ({_parts(totals)})" if bad
                 else f"the gradient of the vector [{', '.join(grads)}] became NaN/Inf ({_parts(totals)})")
-        if bad and "denoise" not in bad:
+        if bad and "denoise" not in bad and "swap" not in bad:
             cause = ("the steering loss: check temperature (now {t:g}) and steering_weight (now {w:g})"
                      .format(t=self.config.temperature, w=self.config.steering_weight))
         else:
@@ -90,4 +90,4 @@ def _value(x: float) -> str:
 
 
 def _parts(totals: dict) -> str:
-    return f"denoise {totals['denoise']:.4g}, steer {totals['steer']:.4g}"
+    return ", ".join(f"{k} {totals[k]:.4g}" for k in ("denoise", "steer", "swap") if k in totals)

@@ -1,9 +1,10 @@
-"""The relation file format: one learned token, loadable by stock ComfyUI as `embedding:name`.
+"""The relation file format: the learned token(s), loadable by stock ComfyUI as `embedding:name`.
 
-Layout (safetensors):
-- one text encoder (SD1.x, SD2.x, toy): `emb_params` [1, D], the ComfyUI/A1111 key that
+Layout (safetensors), N = the relation's vectors (1 in the paper; up to MAX_VECTORS, as
+A1111/kohya multi-vector embeddings, which stock ComfyUI expands to N tokens):
+- one text encoder (SD1.x, SD2.x, toy): `emb_params` [N, D], the ComfyUI/A1111 key that
   every host version reads whatever the encoder's own embedding key is;
-- SDXL: `clip_l` [1, 768] and `clip_g` [1, 1280];
+- SDXL: `clip_l` [N, 768] and `clip_g` [N, 1280];
 - metadata (strings): placeholder, init word, model family and encoder widths, steps,
   hyperparameters, final losses, the vocabulary words nearest to the vector, pack version.
 
@@ -32,6 +33,7 @@ META = "reversion."
 # Token embeddings of real text encoders stay within about +-1 (CLIP-L rows: norm ~0.4); a
 # vector far outside that is a broken file and samples as noise or black, so it is refused.
 MAX_ABS_VALUE = 100.0
+MAX_VECTORS = 16          # tokens per relation this pack reads (trains: 1-4)
 
 # encoder key -> width of the real model families (keys are ComfyUI's file keys)
 FAMILIES = {
@@ -51,7 +53,7 @@ def family_name(widths: dict[str, int]) -> str:
 
 @dataclass
 class Relation:
-    vectors: dict[str, torch.Tensor]          # encoder key ("clip_l", "clip_g", "clip_h") -> [D]
+    vectors: dict[str, torch.Tensor]          # encoder key ("clip_l", "clip_g", "clip_h") -> [D], or [N, D] for N > 1
     name: str = "relation"
     placeholder: str = PLACEHOLDER
     init_word: str = ""
@@ -68,30 +70,46 @@ class Relation:
         if not self.vectors:
             raise RelationFileError("a relation needs at least one vector")
         self.vectors = {k: check_vector(v, f"{self.name} [{k}]") for k, v in self.vectors.items()}
+        counts = {k: vector_count(v) for k, v in self.vectors.items()}
+        if len(set(counts.values())) > 1:
+            raise RelationFileError(f"{self.name}: its encoders hold different numbers of vectors ({counts}); "
+                                    f"a relation has as many for every encoder")
 
     @property
     def widths(self) -> dict[str, int]:
-        return {k: int(v.shape[0]) for k, v in self.vectors.items()}
+        return {k: int(v.shape[-1]) for k, v in self.vectors.items()}
+
+    @property
+    def count(self) -> int:
+        """Token vectors per encoder: 1 (the paper) or more (num_vectors)."""
+        return vector_count(next(iter(self.vectors.values())))
 
     @property
     def family(self) -> str:
         return family_name(self.widths)
 
 
-def check_vector(t, where: str) -> torch.Tensor:
-    """One token vector: shape [D] or [1, D], floating point, finite, of sane size -> [D] float32.
+def vector_count(v: torch.Tensor) -> int:
+    return 1 if v.ndim == 1 else int(v.shape[0])
 
-    Anything else (several tokens, a [2, 2, 32] block, NaN/Inf, huge values) is refused rather
+
+def check_vector(t, where: str) -> torch.Tensor:
+    """Token vector(s): shape [D] or [N, D] (N <= MAX_VECTORS), floating point, finite, of
+    sane size -> [D] float32 for one vector, [N, D] for several.
+
+    Anything else (a [2, 2, 32] block, 300 rows, NaN/Inf, huge values) is refused rather
     than flattened or passed on to sample black images.
     """
     if not isinstance(t, torch.Tensor):
         raise RelationFileError(f"{where}: expected a tensor, got {type(t).__name__}")
-    if not (t.ndim == 1 or (t.ndim == 2 and t.shape[0] == 1)) or t.shape[-1] < 1:
+    if not (t.ndim == 1 or (t.ndim == 2 and 1 <= t.shape[0] <= MAX_VECTORS)) or t.shape[-1] < 1:
         what = f"{t.shape[0]} vectors" if t.ndim == 2 else f"a tensor of shape {list(t.shape)}"
-        raise RelationFileError(f"{where} holds {what}; a relation is one token vector of shape [D] or [1, D]")
+        raise RelationFileError(f"{where} holds {what}; a relation is 1 to {MAX_VECTORS} token vectors, "
+                                f"of shape [D] or [N, D]")
     if not t.is_floating_point():
         raise RelationFileError(f"{where} holds {t.dtype} values; a token vector is floating point")
-    t = t.detach().float().reshape(-1).cpu().contiguous()
+    t = t.detach().float().cpu().contiguous()
+    t = t.reshape(-1) if t.ndim == 1 or t.shape[0] == 1 else t
     if not torch.isfinite(t).all():
         bad = int((~torch.isfinite(t)).sum())
         raise RelationFileError(f"{where} holds {bad} NaN/Inf value(s): the file is broken; re-train or "
@@ -106,9 +124,9 @@ def check_vector(t, where: str) -> torch.Tensor:
 def to_bytes(relation: Relation) -> bytes:
     """The relation as a safetensors file whose bytes depend only on its content."""
     if len(relation.vectors) == 1:
-        tensors = {SINGLE_KEY: next(iter(relation.vectors.values())).reshape(1, -1)}
+        tensors = {SINGLE_KEY: next(iter(relation.vectors.values())).reshape(relation.count, -1)}
     else:
-        tensors = {k: v.reshape(1, -1) for k, v in relation.vectors.items()}
+        tensors = {k: v.reshape(relation.count, -1) for k, v in relation.vectors.items()}
     meta = {
         META + "name": relation.name,
         META + "placeholder": relation.placeholder,
@@ -177,10 +195,10 @@ def _load_safetensors(path: Path) -> Relation:
                     f"{path.name}: metadata lists encoder(s) {', '.join(missing)} but the file holds only "
                     f"{', '.join(tensors) or 'no tensors'}; the file is inconsistent: re-save it")
             vectors = {k: tensors[k] for k in widths}
-        wrong = [k for k, v in vectors.items() if widths.get(k) != v.shape[0]]
+        wrong = [k for k, v in vectors.items() if widths.get(k) != v.shape[-1]]
         if wrong:
             raise RelationFileError(f"{path.name}: metadata widths {widths} do not match the stored vectors "
-                                    f"({', '.join(f'{k} {vectors[k].shape[0]}-d' for k in wrong)}); re-save it")
+                                    f"({', '.join(f'{k} {vectors[k].shape[-1]}-d' for k in wrong)}); re-save it")
     elif SINGLE_KEY in tensors:
         t = tensors[SINGLE_KEY]
         vectors = {_single_key(t.shape[-1]): t}
@@ -235,4 +253,4 @@ def _load_pickled(path: Path) -> Relation:
         raise RelationFileError(f"{path.name}: expected one learned token such as {{'<R>': tensor[768]}}")
     token, t = next(iter(data.items()))
     t = check_vector(t, f"{path.name} '{token}'")
-    return Relation({_single_key(t.shape[0]): t}, name=path.stem, placeholder=str(token))
+    return Relation({_single_key(t.shape[-1]): t}, name=path.stem, placeholder=str(token))

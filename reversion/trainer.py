@@ -11,6 +11,10 @@ this loop is the whole method and holds no host code:
         L_den = MSE(model prediction, eps or v target) over all 8 exemplars
         (L_den + 0.01 * mean L_steer) -> backward; AdamW step on the relation vector only
 
+Beyond the paper, off by default (see swap.py): `swap_weight` > 0 adds swapped-object
+negatives (each exemplar's caption with its objects swapped must denoise worse than its
+own, at the same timestep and noise), and `num_vectors` > 1 gives <R> several token vectors.
+
 The paper accumulates the micro-batches one by one; this is the same gradient (equal-sized
 micro-batches: the mean over all = the mean of the micro-batch means) with the same random
 draws, and the backend chooses how many exemplars go through the model at once: all of
@@ -31,10 +35,12 @@ from typing import Callable, Protocol
 
 import torch
 
-from . import checkpoint, steering, timesteps, words
+from . import checkpoint, steering, swap, timesteps, words
 from .checkpoint import Checkpointing
 from .errors import ConfigError, TrainingDiverged
 from .health import UpdateHealth
+
+MAX_VECTORS = 4            # token vectors <R> may train with (the paper: 1; kohya/OneTrainer allow several)
 
 
 @dataclass
@@ -53,18 +59,24 @@ class TrainConfig:
     focal_alpha: float = timesteps.ALPHA  # 0 = uniform timesteps
     init_word: str = "and"
     seed: int = 2023
+    swap_weight: float = 0.0              # swapped-object negatives (swap.py); 0 = the paper
+    swap_margin: float = swap.MARGIN
+    num_vectors: int = 1                  # token vectors of <R> per text encoder (the paper: 1)
 
     @property
     def lr(self) -> float:
         return self.base_lr * self.batch_size * self.grad_accum if self.scale_lr else self.base_lr
 
     def check(self) -> "TrainConfig":
-        for name in ("base_lr", "weight_decay", "steering_weight", "temperature", "focal_alpha", "adam_eps"):
+        for name in ("base_lr", "weight_decay", "steering_weight", "temperature", "focal_alpha", "adam_eps",
+                     "swap_weight", "swap_margin"):
             if not math.isfinite(getattr(self, name)):      # NaN passes every < / > range check
                 raise ConfigError(f"{name} must be a finite number, got {getattr(self, name)}")
         for name in ("steps", "batch_size", "grad_accum", "num_positives"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 1 <= self.num_vectors <= MAX_VECTORS:
+            raise ConfigError(f"num_vectors must be 1 to {MAX_VECTORS}, got {self.num_vectors}")
         if self.base_lr <= 0:
             raise ConfigError(f"learning rate must be positive, got {self.base_lr}")
         if not 0.0 <= self.focal_alpha <= 1.0:
@@ -72,6 +84,8 @@ class TrainConfig:
         if self.temperature <= 0 or self.weight_decay < 0 or self.steering_weight < 0:
             raise ConfigError(f"temperature must be positive and weight decay and steering weight not negative, "
                               f"got {self.temperature}, {self.weight_decay}, {self.steering_weight}")
+        if self.swap_weight < 0 or self.swap_margin < 0:
+            raise ConfigError(f"swap weight and margin must not be negative, got {self.swap_weight}, {self.swap_margin}")
         if not self.init_word.strip():
             raise ConfigError("init word must not be empty (the paper uses 'and')")
         return self
@@ -87,16 +101,19 @@ class Backend(Protocol):
     """What the loop needs from a frozen text-to-image model."""
 
     encoder_keys: list[str]               # text encoders that get a vector: ["clip_l"], ["clip_l", "clip_g"]
-    standin: str                          # the word tokenised where a template's "{}" was
+    standin: str                          # the word(s) tokenised where a template's "{}" was: one per vector
 
     def initial_vectors(self, word: str) -> dict[str, torch.Tensor]: ...
     def steering_vocabulary(self, key: str) -> steering.SteeringVocabulary: ...
     def embedding_rows(self, key: str, ids: list[int]) -> torch.Tensor: ...
     def caption_ids(self, key: str, caption: str) -> list[int]: ...
     # the mean denoising loss over an update's exemplars (all its micro-batches), in as many
-    # forwards as the backend's memory needs: the gradient must not depend on that choice
+    # forwards as the backend's memory needs: the gradient must not depend on that choice.
+    # With `swap` (only passed when swap_weight > 0): each forward also runs the swapped
+    # captions of its exemplars and returns `swap.piece_loss` of the per-exemplar errors
     def denoising_loss(self, vectors: dict[str, torch.Tensor], latents: torch.Tensor,
-                       captions: list[str], timesteps: torch.Tensor, noise: torch.Tensor) -> torch.Tensor: ...
+                       captions: list[str], timesteps: torch.Tensor, noise: torch.Tensor,
+                       swap: "swap.SwapTerm | None" = None) -> torch.Tensor: ...
 
 
 @dataclass
@@ -116,7 +133,8 @@ class TrainResult:
         recent = self.history[-window:]
         if not recent:
             return {}
-        return {k: sum(r[k] for r in recent) / len(recent) for k in ("loss", "denoise", "steer")}
+        return {k: sum(r[k] for r in recent) / len(recent) for k in ("loss", "denoise", "steer", "swap")
+                if k in recent[-1]}
 
 
 # callback(step, total, record, vectors): after every update; returning True stops early
@@ -144,7 +162,7 @@ def train(backend: Backend, latents: torch.Tensor, templates: list[list[str]], c
     gen = torch.Generator().manual_seed(config.seed)
     rng = random.Random(config.seed)
     sampler = timesteps.FocalTimestepSampler(config.focal_alpha, generator=gen)
-    start_vectors = start_vectors or backend.initial_vectors(config.init_word)
+    start_vectors = starting_vectors(start_vectors or backend.initial_vectors(config.init_word), config.num_vectors)
     vectors = {k: torch.nn.Parameter(start_vectors[k].detach().float().clone()) for k in backend.encoder_keys}
     optimizer = torch.optim.AdamW(list(vectors.values()), lr=config.lr, betas=tuple(config.adam_betas),
                                   eps=config.adam_eps, weight_decay=config.weight_decay)
@@ -172,11 +190,18 @@ def train(backend: Backend, latents: torch.Tensor, templates: list[list[str]], c
             # waits for all queued work; before the UNet forward is queued that is nothing
             steer = torch.stack([steering_term(backend, vectors, vocabularies, config, m)
                                  for m in micro_batches]).mean()
-            denoise = backend.denoising_loss(vectors, *merged(micro_batches))
-            loss = denoise.float() + config.steering_weight * steer.to(denoise.device)
+            term = swap_term(micro_batches, config)
+            if term is None:
+                model_loss = backend.denoising_loss(vectors, *merged(micro_batches))
+            else:                     # denoising + swap_weight x ranking, in the backend's pieces
+                model_loss = backend.denoising_loss(vectors, *merged(micro_batches), swap=term)
+            loss = model_loss.float() + config.steering_weight * steer.to(model_loss.device)
             interrupt()
             loss.backward()
-            totals = {"loss": float(loss.detach()), "denoise": float(denoise.detach()), "steer": float(steer.detach())}
+            totals = {"loss": float(loss.detach()), "denoise": float(model_loss.detach()),
+                      "steer": float(steer.detach())}
+            if term is not None:
+                totals.update(denoise=float(term.parts["denoise"]), swap=float(term.parts["swap"]))
             health.losses(step + 1, totals, vectors)          # NaN/Inf: stop before the step poisons AdamW
             last_good = ({k: v.detach().clone() for k, v in vectors.items()}, copy.deepcopy(optimizer.state_dict()))
             optimizer.step()
@@ -212,6 +237,21 @@ def train(backend: Backend, latents: torch.Tensor, templates: list[list[str]], c
     return result
 
 
+def starting_vectors(start: dict[str, torch.Tensor], count: int) -> dict[str, torch.Tensor]:
+    """[D] per encoder for one vector; [count, D] for several (the init word's embedding in
+    every row: the rows still learn apart, as each sits at its own position in the caption)."""
+    out = {}
+    for k, v in start.items():
+        rows = v.reshape(-1, v.shape[-1])
+        if rows.shape[0] == 1:
+            rows = rows.expand(count, -1)
+        if rows.shape[0] != count:
+            raise ConfigError(f"the starting relation has {rows.shape[0]} vectors, num_vectors is {count}: "
+                              f"set num_vectors to {rows.shape[0]}, or start from the init word")
+        out[k] = rows[0].clone() if count == 1 else rows.clone()
+    return out
+
+
 @dataclass
 class MicroBatch:
     latents: torch.Tensor
@@ -219,6 +259,7 @@ class MicroBatch:
     timesteps: torch.Tensor
     noise: torch.Tensor
     positive_words: list[list[str]]
+    swapped: list[str | None]        # captions with the objects swapped (swap_weight > 0; else all None)
 
 
 def draw_micro_batch(latents, templates, config: TrainConfig, backend: Backend, order: "ExemplarOrder",
@@ -226,12 +267,24 @@ def draw_micro_batch(latents, templates, config: TrainConfig, backend: Backend, 
     """One micro-batch's random draws, in the order the loop has always drawn them (so
     seeds and checkpoints give the same run whether or not micro-batches are merged)."""
     idx = [order.next() for _ in range(config.batch_size)]
-    captions = [words.fill(rng.choice(templates[i]), backend.standin) for i in idx]
+    chosen = [rng.choice(templates[i]) for i in idx]
+    captions = [words.fill(t, backend.standin) for t in chosen]
+    swapped = [swap.swap_template(t) if config.swap_weight > 0 else None for t in chosen]
+    swapped = [None if t is None else words.fill(t, backend.standin) for t in swapped]
     positive_words = [steering.sample_positive_words(rng, config.num_positives) for _ in idx]
     batch = latents[idx]
     t = sampler.sample(len(idx))
     noise = torch.randn(batch.shape, generator=gen).to(batch.device, batch.dtype)
-    return MicroBatch(batch, captions, t, noise, positive_words)
+    return MicroBatch(batch, captions, t, noise, positive_words, swapped)
+
+
+def swap_term(micro_batches: list[MicroBatch], config: TrainConfig) -> "swap.SwapTerm | None":
+    """The update's swapped-object term, or None (off, or no exemplar drawn at a high enough
+    timestep with a template that swaps)."""
+    swapped = [c if t >= swap.FROM_T else None for m in micro_batches for c, t in zip(m.swapped, m.timesteps.tolist())]
+    if config.swap_weight <= 0 or all(c is None for c in swapped):
+        return None
+    return swap.SwapTerm(swapped, config.swap_weight, config.swap_margin)
 
 
 def merged(micro_batches: list[MicroBatch]) -> tuple:

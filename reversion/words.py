@@ -20,6 +20,11 @@ STANDIN = "wexmondays"
 DATA = Path(__file__).resolve().parent / "data"
 
 
+def standins(count: int = 1) -> str:
+    """The stand-in once per relation vector: a relation of N vectors takes N token places."""
+    return " ".join([STANDIN] * count)
+
+
 def fill(template: str, word: str) -> str:
     """The template with `word` in its relation slot: fill("a cat {} a dog", "<R>")."""
     return template.replace(SLOT, word)

@@ -15,7 +15,7 @@ import contextlib
 import torch
 
 from ..reversion.steering import SteeringVocabulary
-from ..reversion.words import STANDIN
+from ..reversion.words import standins
 from . import host
 from .guards import SavedTensorGuard, de_inference
 from .memory import InPieces, MemoryEstimate, MemoryPlan, choose_memory
@@ -29,17 +29,16 @@ PROBES = ((1, 8), (2, 8), (1, 16))     # the memory probes: (exemplars, latent s
 class ComfyBackend:
     """The trainer's view of a ComfyUI MODEL + CLIP (see the module docstring)."""
 
-    standin = STANDIN
-
-    def __init__(self, model, clip, memory: str = "fast", interrupt=None):
+    def __init__(self, model, clip, memory: str = "fast", interrupt=None, num_vectors: int = 1):
         self.model, self.clip = model, clip
+        self.standin = standins(num_vectors)      # one stand-in per relation vector
         self.memory = memory                  # requested: one of memory.MODES
         self.interrupt = interrupt or (lambda: None)   # raises to cancel; run before every UNet block
         self.plan: MemoryPlan | None = None
         self.last_estimate: MemoryEstimate | None = None
         self.guard: SavedTensorGuard | None = None
         self._offloaded: list = []            # (patcher, bytes left on the device) after offload()
-        self.captions = Captions(clip)
+        self.captions = Captions(clip, num_vectors)
         self.encoders = self.captions.encoders
         self.encoder_keys = [e.key for e in self.encoders]
         self.ms = model_sampling(model)
@@ -152,7 +151,8 @@ class ComfyBackend:
         # sampler moves them later, so we move them here
         return {k: v.cond.to(x.device) if torch.is_tensor(v.cond) else v.cond for k, v in out.items()}
 
-    def _loss(self, vectors, latents, captions, timesteps, noise, lean: bool = False) -> torch.Tensor:
+    def _errors(self, vectors, latents, captions, timesteps, noise, lean: bool = False) -> torch.Tensor:
+        """Per exemplar: the mean squared error of the model's prediction against its target."""
         guard = self.guard
         with guard.hooks(), unet_blocks(guard, checkpoint=lean, interrupt=self.interrupt), \
                 text_layers(guard, self.clip.cond_stage_model, checkpoint=lean):
@@ -167,15 +167,21 @@ class ComfyBackend:
             x = noisy_latent(x0, noise, sigma)
             denoised = apply_model(self.model, x, sigma, self.model_conds(cond, pooled, x))
             pred, target = prediction_and_target(self.ms, x, x0, noise, sigma, denoised)
-            return torch.nn.functional.mse_loss(pred.float(), target.float())
+            return (pred.float() - target.float()).pow(2).flatten(1).mean(1)
 
-    def denoising_loss(self, vectors, latents, captions, timesteps, noise) -> torch.Tensor:
+    def _loss(self, vectors, latents, captions, timesteps, noise, lean: bool = False) -> torch.Tensor:
+        return self._errors(vectors, latents, captions, timesteps, noise, lean).mean()
+
+    def denoising_loss(self, vectors, latents, captions, timesteps, noise, swap=None) -> torch.Tensor:
         """The update's denoising loss (mean over its exemplars); memory strategy per
         `self.plan`: forwards of `plan.chunk` exemplars, each backpropagated at once when
         there are several (lean: with checkpointed UNet blocks and CLIP layers). The
-        gradient is the same either way."""
+        gradient is the same either way. `swap` (reversion.swap.SwapTerm): each exemplar's
+        swapped caption goes through the same forward as its own, and the loss adds the term."""
         if self.plan is None:
             self.plan_memory(latents, captions[0], len(captions))
+        if swap is not None:
+            return self._with_swap(vectors, latents, captions, timesteps, noise, swap)
         lean, n, chunk = self.plan.mode in ("lean", "offload"), len(captions), self.plan.chunk
         if chunk >= n:
             return self._loss(vectors, latents, captions, timesteps, noise, lean)
@@ -186,3 +192,21 @@ class ComfyBackend:
             return self._loss(dict(zip(keys, leaves)), latents[piece], captions[piece], timesteps[piece],
                               noise[piece], lean)
         return InPieces.apply(loss_of, pieces, *[vectors[k] for k in keys])
+
+    def _with_swap(self, vectors, latents, captions, timesteps, noise, swap) -> torch.Tensor:
+        """Pieces of exemplars, each forward holding a piece's own captions and then its
+        swapped ones (so an exemplar's two errors meet in one forward); `plan.chunk` counts
+        forward rows."""
+        lean, n, chunk = self.plan.mode in ("lean", "offload"), len(captions), self.plan.chunk
+        size = n if n + swap.used <= chunk else max(1, chunk // 2)
+        keys = list(vectors)
+
+        def loss_of(piece, leaves):
+            rows = list(piece) + swap.rows(piece)
+            texts = [captions[i] for i in piece] + [swap.captions[i] for i in swap.rows(piece)]
+            errors = self._errors(dict(zip(keys, leaves)), latents[rows], texts, timesteps[rows], noise[rows], lean)
+            return swap.piece_loss(errors, piece, n)
+        pieces = [range(i, min(i + size, n)) for i in range(0, n, size)]
+        if len(pieces) == 1:
+            return loss_of(pieces[0], [vectors[k] for k in keys])
+        return InPieces.apply(loss_of, [(p, 1.0) for p in pieces], *[vectors[k] for k in keys])

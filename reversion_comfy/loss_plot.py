@@ -13,8 +13,8 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-COLOURS = {"loss": (40, 90, 200), "denoise": (40, 150, 70), "steer": (220, 110, 20)}
-LABELS = {"loss": "total", "denoise": "denoising", "steer": "steering"}
+COLOURS = {"loss": (40, 90, 200), "denoise": (40, 150, 70), "steer": (220, 110, 20), "swap": (150, 60, 170)}
+LABELS = {"loss": "total", "denoise": "denoising", "steer": "steering", "swap": "swap ranking"}
 
 
 def font(size: int):
@@ -63,7 +63,8 @@ def _x_ticks(n: int) -> list[int]:
 
 def loss_curve(history: list[dict], width: int = 640, height: int = 480, smooth: int = 0,
                status: str | None = None) -> np.ndarray:
-    """HxWx3 uint8 plot of the per-update losses in `history` (dicts with loss/denoise/steer).
+    """HxWx3 uint8 plot of the per-update losses in `history` (dicts with loss/denoise/steer,
+    and swap when the swapped-object term is on: 0 once it is satisfied, drawn on the floor).
 
     `smooth`: EMA span in updates (0 = about a twentieth of the run). `status`: an extra
     line under the plot (e.g. progress and time left).
@@ -97,7 +98,8 @@ def loss_curve(history: list[dict], width: int = 640, height: int = 480, smooth:
     span = smooth or max(1, n // 20)
     raw = {k: np.array([max(float(r[k]), 1e-12) for r in history]) for k in keys}
     smoothed = {k: smooth_ema(v, span) for k, v in raw.items()}
-    lo = min(float(v.min()) for v in raw.values())
+    positive = [v[v > 1e-12] for v in raw.values() if (v > 1e-12).any()]
+    lo = min(float(v.min()) for v in positive) if positive else 1e-12
     hi = max(float(v.max()) for v in raw.values())
     if hi / lo < 10:                                # keep at least one decade visible
         mid = math.sqrt(hi * lo)
@@ -109,8 +111,8 @@ def loss_curve(history: list[dict], width: int = 640, height: int = 480, smooth:
     def x_of(i):
         return left + (right - left) * (i / max(n - 1, 1))
 
-    def y_of(v):
-        return bottom - (bottom - top) * (math.log10(max(v, 1e-12)) - llo) / (lhi - llo)
+    def y_of(v):        # a zero (a satisfied swap term) sits on the floor of the plot
+        return bottom - (bottom - top) * (max(math.log10(max(v, 1e-12)), llo) - llo) / (lhi - llo)
 
     # grid and axes
     for t in _log_ticks(lo, hi):

@@ -26,7 +26,7 @@ def progress_line(step: int, total: int, elapsed: float, record: dict, first: in
     """'update 50/300 (17%), loss 0.12 (denoise 0.1, steer 2.1), 1.2 s/update, 5 min 00 s left'
     (`elapsed`: seconds since update `first`, where this run began: 0, or a resumed run's)."""
     rate = elapsed / max(step - first, 1)
-    losses = ", ".join(f"{k} {record[k]:.4g}" for k in ("denoise", "steer") if k in record)
+    losses = ", ".join(f"{k} {record[k]:.4g}" for k in ("denoise", "steer", "swap") if k in record)
     return (f"update {step}/{total} ({100 * step // max(total, 1)}%), loss {record.get('loss', float('nan')):.4g}"
             f"{f' ({losses})' if losses else ''}, {rate:.2f} s/update, {format_seconds(rate * (total - step))} left")
 

@@ -34,7 +34,7 @@ from . import store
 log = logging.getLogger("ReVersion")
 
 WRITERS = {"ReVersionTrainRelation": "Train Relation", "ReVersionSaveRelation": "Save Relation"}
-FINITE_INPUTS = ("learning_rate", "weight_decay", "steering_weight", "temperature", "focal_alpha")
+FINITE_INPUTS = ("learning_rate", "weight_decay", "steering_weight", "temperature", "focal_alpha", "swap_weight")
 NOT_RUNNING = object()
 
 

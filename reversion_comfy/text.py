@@ -1,5 +1,7 @@
 """Text encoding with the relation: the host's CLIP text encoders, the relation vector
-injected where the stand-in token is, prompts with <R>.
+injected where the stand-in token is, prompts with <R>. A relation of N vectors takes N
+token places: <R> becomes N stand-ins in a row, the i-th of which reads vector i (as stock
+ComfyUI expands an N-vector `embedding:name`).
 
 - Training: `injected_token` wraps an encoder's token-embedding module so the stand-in's
   rows come from the (trainable) vector; text then goes through the host's own
@@ -18,12 +20,13 @@ import torch
 
 from ..reversion.errors import RelationError
 from ..reversion.relation_file import family_name
-from ..reversion.words import PLACEHOLDERS, STANDIN, fill
+from ..reversion.words import PLACEHOLDERS, STANDIN, fill, standins
 from .patches import recording_encode
 
 
 class InjectedToken(torch.nn.Module):
-    """Wraps a token-embedding module: rows of `token_id` come from `vector`.
+    """Wraps a token-embedding module: rows of `token_id` come from `vector` ([D]; or [N, D]:
+    the i-th `token_id` of a caption reads row i).
 
     Exposes the wrapped table as `.weight` so host code that reads the table (sizes, the
     2024 host's textual-embedding set-up) keeps working.
@@ -43,7 +46,10 @@ class InjectedToken(torch.nn.Module):
         base = self.inner(ids, out_dtype=out_dtype, **kwargs) if out_dtype is not None \
             else self.inner(ids, **kwargs)
         vec = self.vector.to(device=base.device, dtype=base.dtype)
-        return torch.where((ids == self.token_id).unsqueeze(-1), vec, base)
+        mask = ids == self.token_id
+        if vec.ndim == 2:          # several vectors: the k-th stand-in of each caption reads row k
+            vec = vec[(mask.cumsum(-1) - 1).clamp(0, vec.shape[0] - 1)]
+        return torch.where(mask.unsqueeze(-1), vec, base)
 
 
 @contextlib.contextmanager
@@ -100,7 +106,8 @@ def nearest_words(clip, vectors: dict[str, torch.Tensor], k: int = 5) -> dict[st
     out = {}
     for e in text_encoders(clip):
         table = torch.nn.functional.normalize(e.table.detach().float().cpu(), dim=-1)
-        sims = table @ torch.nn.functional.normalize(vectors[e.key].float().cpu(), dim=0)
+        rows = torch.nn.functional.normalize(vectors[e.key].float().cpu().reshape(-1, e.width), dim=-1)
+        sims = table @ rows.mean(0)                 # several vectors: their mean direction
         words = []
         for i in sims.argsort(descending=True).tolist():
             token = e.tokenizer.inv_vocab.get(i, "")
@@ -147,21 +154,22 @@ def check_no_standin(encoders: list[TextEncoder], text: str, what: str) -> None:
                                 f"relation; rephrase that word")
 
 
-def check_prompt(clip, text: str) -> str:
-    """A prompt with <R> and without the stand-in word -> the text to tokenise."""
+def check_prompt(clip, text: str, count: int = 1) -> str:
+    """A prompt with <R> and without the stand-in word -> the text to tokenise (`count`:
+    the relation's vectors)."""
     spoken = text
     for m in PLACEHOLDERS:
         spoken = spoken.replace(m, " ")
     check_no_standin(text_encoders(clip), spoken, "the prompt")
-    return relation_text(text)
+    return relation_text(text, count)
 
 
-def relation_text(text: str) -> str:
-    """Prompt with every <R> replaced by the stand-in token (spaced: its own word)."""
+def relation_text(text: str, count: int = 1) -> str:
+    """Prompt with every <R> replaced by `count` stand-in tokens (spaced: words of their own)."""
     if not any(m in text for m in PLACEHOLDERS):
         raise RelationError("the prompt has no <R>: write it where the relation goes, e.g. 'a cat <R> a dog'")
     for m in PLACEHOLDERS:
-        text = text.replace(m, f" {STANDIN} ")
+        text = text.replace(m, f" {standins(count)} ")
     return text
 
 
@@ -174,13 +182,23 @@ def encode_with_relation(clip, relation, text: str):
     """
     encoders = {e.token_key: e for e in text_encoders(clip)}
     check_family(relation, list(encoders.values()))
-    tokens = clip.tokenize(check_prompt(clip, text))
+    tokens = clip.tokenize(check_prompt(clip, text, relation.count))
     for token_key, chunks in tokens.items():
         enc = encoders[token_key]
         standin = enc.single_id(STANDIN, "stand-in")
-        vector = relation.vectors[enc.key]
-        tokens[token_key] = [[(vector,) + tuple(t[1:]) if isinstance(t[0], int) and t[0] == standin else t
-                              for t in chunk] for chunk in chunks]
+        rows = relation.vectors[enc.key].reshape(relation.count, -1)
+        run = 0                  # stand-ins in a row so far: the i-th of each <R> reads row i (across chunks)
+        out = []
+        for chunk in chunks:
+            out.append([])
+            for t in chunk:
+                if isinstance(t[0], int) and t[0] == standin:
+                    t, run = (rows[run % relation.count],) + tuple(t[1:]), run + 1
+                elif not (isinstance(t[0], int) and t[0] in (enc.tokenizer.start_token, enc.tokenizer.end_token,
+                                                             getattr(enc.tokenizer, "pad_token", None))):
+                    run = 0
+                out[-1].append(t)
+        tokens[token_key] = out
     if hasattr(clip, "encode_from_tokens_scheduled"):
         return clip.encode_from_tokens_scheduled(tokens)
     cond, pooled = clip.encode_from_tokens(tokens, return_pooled=True)
@@ -192,8 +210,9 @@ class Captions:
     against every tokenizer of the model, tokenised once, and encoded with the relation
     vectors injected, a whole forward's captions in one text-encoder call."""
 
-    def __init__(self, clip):
+    def __init__(self, clip, count: int = 1):
         self.clip = clip
+        self.count = count                 # the relation's vectors: stand-ins per caption
         self.encoders = text_encoders(clip)
         self.by_key = {e.key: e for e in self.encoders}
         self.standin_ids = {e.key: e.single_id(STANDIN, "stand-in") for e in self.encoders}
@@ -205,11 +224,11 @@ class Captions:
         template that does not fit would otherwise fail whenever training first draws it."""
         for template in sorted({t for ts in templates for t in ts}):
             check_no_standin(self.encoders, fill(template, " "), f"template {template!r}")
-            self.tokens(fill(template, STANDIN), template)
+            self.tokens(fill(template, standins(self.count)), template)
 
     def tokens(self, caption: str, template: str | None = None) -> dict:
         """A caption's tokens (cached), refused unless it fits one 77-token chunk of every
-        tokenizer with the stand-in in it exactly once; errors quote `template` if given."""
+        tokenizer with the stand-in in it exactly `count` times; errors quote `template` if given."""
         if caption not in self._tokens:
             what = f"template {template!r}" if template else f"caption {caption!r}"
             tokens = self.clip.tokenize(caption)
@@ -219,7 +238,7 @@ class Captions:
                     raise RelationError(f"{what} is {len(enc.content_ids(caption))} tokens for the {enc.key} "
                                         f"tokenizer; one caption holds at most 75 (a 77-token chunk less start "
                                         f"and end): shorten it")
-                if [t[0] for t in chunks[0]].count(self.standin_ids[enc.key]) != 1:
+                if [t[0] for t in chunks[0]].count(self.standin_ids[enc.key]) != self.count:
                     raise RelationError(f"{what}: the relation slot '{{}}' must be a word of its own (spaces "
                                         f"around it) and appear once")
             self._tokens[caption] = tokens

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..reversion import checkpoint, trainer
+from ..reversion import checkpoint, swap, trainer
 from ..reversion.relation_file import Relation, family_name
 from ..reversion.trainer import TrainConfig, TrainResult
-from ..reversion.words import PLACEHOLDER, STANDIN, fill
+from ..reversion.words import PLACEHOLDER, fill
 from . import host, store
 from .backend import ComfyBackend
 from .guards import frozen_weights, training_mode
@@ -52,7 +52,7 @@ def train_relation(model, clip, vae, exemplars, config: TrainConfig, callback=No
         log.warning("ReVersion Train Relation: not applied in training (they need a sampler; previews apply "
                     "them): %s", ", ".join(left_out))
     with training_mode():
-        backend = ComfyBackend(model, clip, memory, interrupt=host.check_interrupted)
+        backend = ComfyBackend(model, clip, memory, interrupt=host.check_interrupted, num_vectors=config.num_vectors)
         backend.check_templates(exemplars.templates)     # fail in seconds, not after an hour
         latents = vae_encode(vae, exemplars.images, config.seed)
         backend.prepare()
@@ -62,9 +62,10 @@ def train_relation(model, clip, vae, exemplars, config: TrainConfig, callback=No
                                    "weights": host.model_fingerprint(model, clip)}
         try:
             with frozen_weights(model.model, clip.cond_stage_model), memory_efficient_attention() as attention:
-                caption = fill(exemplars.templates[0][0], STANDIN)
-                plan = backend.plan_memory(latents, caption, config.batch_size * config.grad_accum, config.batch_size,
-                                           max_per_forward)
+                caption = fill(exemplars.templates[0][0], backend.standin)
+                rows = 2 if config.swap_weight > 0 and swap_count(exemplars.templates) else 1   # + swapped captions
+                plan = backend.plan_memory(latents, caption, rows * config.batch_size * config.grad_accum,
+                                           rows * config.batch_size, max_per_forward)
                 plan.attention = attention
                 if plan.mode == "offload":
                     plan.offload = backend.offload()
@@ -81,6 +82,11 @@ def train_relation(model, clip, vae, exemplars, config: TrainConfig, callback=No
         finally:
             backend.close()
             host.release_cache()
+
+
+def swap_count(templates: list[list[str]]) -> int:
+    """Exemplars with at least one template whose objects can be swapped (swap.py)."""
+    return sum(any(t is not None for t in ts) for ts in swap.swapped_templates(templates))
 
 
 def keeping_offloaded(backend: ComfyBackend, callback):
@@ -142,6 +148,14 @@ def _train_and_save(model, clip, vae, exemplars, config: TrainConfig, options: O
     check_prompt(clip, prompt)                               # checked before training, not at step 100
     size = int(exemplars.images.shape[1])
     notes = []
+    if config.swap_weight > 0:
+        used = swap_count(exemplars.templates)
+        notes.append(f"swapped-object negatives on {used} of {len(exemplars)} exemplars" +
+                     (f" (the others' templates have no object on both sides of the relation)"
+                      if used < len(exemplars) else ""))
+        if not used:
+            log.warning("[ReVersion] Train Relation '%s': swap_weight is set but no template can be swapped "
+                        "(write 'A {} B': an object on each side of the relation)", options.name)
     if not 4 <= len(exemplars) <= 10:
         notes.append(f"{len(exemplars)} exemplars (the paper uses 4-10: fewer may not show the relation, "
                      f"more slows nothing but adds little)")

@@ -13,7 +13,10 @@ model (the trainer the node uses, `reversion_comfy.training.train_relation`):
 
 plus a steering-weight sweep (`--steering-weights`) and, with `--caption-positives`, a 'full'
 run whose steering positives are only the 20 basis prepositions the toy text encoder was
-trained on (the other 36 are untrained rows), on two exemplar sets (`--exemplar-sets`):
+trained on (the other 36 are untrained rows); beyond the paper (issue 25), 'full' with
+swapped-object negatives (`--swap-weights`: variant full_swap_W), with several vectors
+(`--vector-counts`: full_vectors_N) and both (`--combos W:N`: full_swap_W_vectors_N),
+each with its paired difference to 'full'; on two exemplar sets (`--exemplar-sets`):
 
     diverse      8 exemplars with different object pairs, fully captioned; scored by the
                  judge on object pairs the toy model never saw with that relation and that
@@ -29,8 +32,10 @@ trained on (the other 36 are untrained rows), on two exemplar sets (`--exemplar-
                  for a tint no caption names). Only a toy model trained with tints can draw one:
                  `make toy-model-tint`, then `--weights runs/toy_model_tint/toyworld_tint.safetensors`.
 
-Every record has `--images` judged images, next to three baselines without training: the
-true word (oracle), the init word "and", and no relation word. With `--curve`, the 'full'
+Every record has `--images` judged images, next to three baselines without training
+(`--baselines`): the true word (oracle), the init word "and", and no relation word. Each
+record has relation and entity accuracy and the inverse rate: the share of images drawn
+with the objects' roles swapped (toyworld/judge.py's INVERSE). With `--curve`, the 'full'
 vectors are also scored at the listed update counts of the same run (trained on past
 `--steps` if a count is larger); with `--lr-curve`, 'full' runs at each listed base lr are
 scored at `--lr-curve-steps` (the steps curve: the paper's lr 2.5e-4 x 8 = 2e-3 against a
@@ -50,33 +55,19 @@ import math
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from devtools.pack import REPO
 
 from ..tint import tint
+from .summary import EXEMPLAR_SETS, summarise
 
 RESULTS = REPO / "lab" / "quality" / "results"
 
 CONFOUND = ("red", "blue")      # the confounded exemplars' unnamed colours (first object, second object)
 TINT = "pink"                   # the tinted exemplars' unnamed background
-EXEMPLAR_SETS = ("diverse", "confounded", "tinted")
-# a trained record's cosines of <R> to word embeddings, summarised per variant: name -> record field
-COSINE_FIELDS = {"true_words": "cosine_true_words", "confound_words": "cosine_confound_words",
-                 "init_word": "cosine_init_word"}
 VARIANTS = {"full": (0.01, 0.5), "no_steer": (0.0, 0.5), "uniform": (0.01, 0.0), "neither": (0.0, 0.0)}
 IMAGES_PER_PROMPT = 4
-# two-sided 95% Student t quantiles by degrees of freedom (interval over training seeds)
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
-       10: 2.228, 11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101,
-       19: 2.093, 20: 2.086, 25: 2.060, 30: 2.042}
-# what each part buys, as paired differences (same relation, exemplar set and seed): name -> (with, without)
-EFFECTS = {"focal sampling": ("full", "uniform"), "focal sampling, no steering": ("no_steer", "neither"),
-           "steering loss": ("full", "no_steer"), "steering loss, uniform timesteps": ("uniform", "neither"),
-           # --caption-positives: the loss with only positives the toy encoder was trained on
-           "steering loss, caption-word positives": ("full_caption_positives", "no_steer"),
-           "caption-word positives instead of all 56": ("full_caption_positives", "full")}
 
 
 def parse_args(argv=None):
@@ -89,6 +80,12 @@ def parse_args(argv=None):
     p.add_argument("--caption-positives", action="store_true",
                    help="also a 'full' run whose steering positives are only the basis prepositions the toy "
                         "text encoder was trained on (variant full_caption_positives)")
+    p.add_argument("--swap-weights", nargs="*", type=float, default=[],
+                   help="extra 'full' runs with swapped-object negatives of these weights (full_swap_W)")
+    p.add_argument("--vector-counts", nargs="*", type=int, default=[],
+                   help="extra 'full' runs whose <R> has this many vectors (full_vectors_N)")
+    p.add_argument("--combos", nargs="*", default=[], help="extra 'full' runs with both, as W:N (full_swap_W_vectors_N)")
+    p.add_argument("--baselines", nargs="*", default=["oracle", "init", "none"], choices=["oracle", "init", "none"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=300, help="updates per run (the demo's 300)")
     p.add_argument("--lr", type=float, default=6.25e-4, help="base lr, scaled by the batch (the demo's)")
@@ -140,13 +137,13 @@ class World:
             judged += [p] * k
         if exemplar_set == "confounded":
             s = evaluate.score_colourless(out, judged, CONFOUND)
-            return {k: s[k] for k in ("relation_accuracy", "entity_accuracy", "leak_rate", "n_images")}
+            return {k: s[k] for k in ("relation_accuracy", "inverse_rate", "entity_accuracy", "leak_rate", "n_images")}
         if exemplar_set == "tinted":
             s = tint.score_tinted(out, judged, TINT)
             return {k: s[k] for k in ("relation_accuracy", "entity_accuracy", "leak_rate", "n_images",
                                       "relations_read", "backgrounds_read")}
         s = evaluate.score(out, judged)
-        return {k: s[k] for k in ("relation_accuracy", "entity_accuracy", "n_images", "relations_read")}
+        return {k: s[k] for k in ("relation_accuracy", "inverse_rate", "entity_accuracy", "n_images", "relations_read")}
 
     def relation_encoder(self, vectors):
         from comfyui_reversion.reversion.relation_file import Relation
@@ -161,8 +158,9 @@ class World:
     def cosines(self, vectors, words) -> dict:
         """Cosine of <R> to the token embeddings of `words` (single-token words only)."""
         from comfyui_reversion.reversion_comfy.text import text_encoders
-        enc = text_encoders(self.clip)[0]
-        v = torch.nn.functional.normalize(vectors[enc.key].float().cpu(), dim=0)
+        enc = text_encoders(self.clip)[0]       # several vectors: their mean direction
+        v = torch.nn.functional.normalize(vectors[enc.key].float().cpu().reshape(-1, enc.width), dim=-1).mean(0)
+        v = torch.nn.functional.normalize(v, dim=0)
         out = {}
         for w in words:
             ids = enc.content_ids(w)
@@ -179,14 +177,14 @@ class World:
             return tint.tinted_exemplars(relation, count, seed, TINT)
         return toyworld.exemplars(relation, count, seed=seed)
 
-    def train(self, exemplars, steering, alpha, seed, batch, lr, steps, positives=()) -> dict:
+    def train(self, exemplars, steering, alpha, seed, batch, lr, steps, positives=(), **beyond) -> dict:
         """The node's trainer on the toy model for max(`steps`) updates (steering positives
-        drawn from `positives`, () = the paper's 56); returns {step: (vectors, seconds of
-        training so far)} at each of `steps`."""
+        drawn from `positives`, () = the paper's 56; `beyond`: swap_weight, num_vectors);
+        returns {step: (vectors, seconds of training so far)} at each of `steps`."""
         from comfyui_reversion.reversion.trainer import TrainConfig
         from comfyui_reversion.reversion_comfy.training import train_relation
         config = TrainConfig(steps=max(steps), batch_size=batch, grad_accum=1, base_lr=lr, scale_lr=True,
-                             steering_weight=steering, focal_alpha=alpha, seed=seed)
+                             steering_weight=steering, focal_alpha=alpha, seed=seed, **beyond)
         snapshots, t0 = {}, time.perf_counter()
 
         def keep(step, total, record, vectors):
@@ -272,20 +270,30 @@ def run(args) -> list[dict]:
 
 def training_runs(args, exemplar_set: str) -> list[tuple]:
     """(variant name, steering weight, focal alpha, base lr, update counts to score, steering
-    positives) for one exemplar set. 'full' is scored along the way at `--curve` (and at `--lr-curve-steps` when
+    positives, beyond-the-paper settings) for one exemplar set. 'full' is scored along the way at `--curve` (and at `--lr-curve-steps` when
     `--lr-curve` lists the default lr: the same run, trained once); other lrs run apart."""
     curve = set(args.curve) | {args.steps}
     if exemplar_set == "diverse" and args.lr in args.lr_curve:
         curve |= set(args.lr_curve_steps)
-    runs = [(v, *VARIANTS[v], args.lr, sorted(curve) if v == "full" else [args.steps], ()) for v in args.variants]
-    runs += [(f"full_steer_{w:g}", w, VARIANTS["full"][1], args.lr, [args.steps], ())
+    runs = [(v, *VARIANTS[v], args.lr, sorted(curve) if v == "full" else [args.steps], (), {}) for v in args.variants]
+    runs += [(f"full_steer_{w:g}", w, VARIANTS["full"][1], args.lr, [args.steps], (), {})
              for w in args.steering_weights if w != VARIANTS["full"][0]]
     if args.caption_positives:
-        runs += [("full_caption_positives", *VARIANTS["full"], args.lr, [args.steps], caption_prepositions())]
+        runs += [("full_caption_positives", *VARIANTS["full"], args.lr, [args.steps], caption_prepositions(), {})]
+    beyond = [{"swap_weight": w} for w in args.swap_weights] + [{"num_vectors": n} for n in args.vector_counts]
+    beyond += [{"swap_weight": float(c.split(":")[0]), "num_vectors": int(c.split(":")[1])} for c in args.combos]
+    runs += [(beyond_name(b), *VARIANTS["full"], args.lr, [args.steps], (), b) for b in beyond]
     if exemplar_set == "diverse":
-        runs += [(f"full_lr_{lr * args.batch:g}", *VARIANTS["full"], lr, sorted(args.lr_curve_steps), ())
+        runs += [(f"full_lr_{lr * args.batch:g}", *VARIANTS["full"], lr, sorted(args.lr_curve_steps), (), {})
                  for lr in args.lr_curve if lr != args.lr]
     return runs
+
+
+def beyond_name(settings: dict) -> str:
+    """full_swap_1, full_vectors_2, full_swap_1_vectors_2."""
+    parts = [f"swap_{settings['swap_weight']:g}"] if "swap_weight" in settings else []
+    parts += [f"vectors_{settings['num_vectors']}"] if "num_vectors" in settings else []
+    return "_".join(["full", *parts])
 
 
 @functools.cache          # training_runs asks once per condition; the captions do not change
@@ -308,20 +316,20 @@ def run_condition(world, args, relation, exemplar_set, seed, done, emit, baselin
     def score(encoder):
         return world.score(encoder, prompts, args.images, exemplar_set)
     for variant, word in (("oracle", relation), ("init", "and"), ("none", "")):
-        if key({**base, "variant": variant, "steps": 0}) not in done:
+        if variant in args.baselines and key({**base, "variant": variant, "steps": 0}) not in done:
             cache = (exemplar_set, word, tuple(prompts))
             if cache not in baselines:
                 baselines[cache] = score(world.word_encoder(word))
             emit({**base, "variant": variant, "steering_weight": None, "focal_alpha": None, "steps": 0,
                   **baselines[cache]})
     words = [w for w in scenes.SYNONYMS[relation] if " " not in w]
-    for name, steering, alpha, lr, steps, positives in training_runs(args, exemplar_set):
+    for name, steering, alpha, lr, steps, positives, beyond in training_runs(args, exemplar_set):
         common = {**base, "variant": name, "steering_weight": steering, "focal_alpha": alpha, "lr": lr * args.batch,
-                  **({"positive_words": list(positives)} if positives else {})}
+                  **({"positive_words": list(positives)} if positives else {}), **beyond}
         if all(key({**common, "steps": s}) in done for s in steps):
             continue
         for step, (vectors, seconds) in sorted(world.train(exemplars, steering, alpha, seed, args.batch, lr,
-                                                           steps, positives).items()):
+                                                           steps, positives, **beyond).items()):
             if key({**common, "steps": step}) in done:
                 continue
             record = {**common, "steps": step, "train_seconds": round(seconds, 1)}
@@ -331,86 +339,18 @@ def run_condition(world, args, relation, exemplar_set, seed, done, emit, baselin
                               cosine_confound_words=world.cosines(vectors, [TINT] if exemplar_set == "tinted"
                                                                   else list(CONFOUND)),
                               # the learned <R> itself: more images can be scored later without training again
-                              vectors={k: [round(x, 6) for x in v.detach().float().cpu().tolist()]
-                                       for k, v in vectors.items()})
+                              vectors={k: rounded(v.detach().float().cpu().tolist()) for k, v in vectors.items()})
             emit({**record, **score(world.relation_encoder(vectors))})
+
+
+def rounded(values):
+    """A vector ([D]) or several ([N][D]) as lists of floats to 6 decimals."""
+    return [rounded(x) if isinstance(x, list) else round(x, 6) for x in values]
 
 
 def key(record: dict) -> tuple:
     """What makes a record unique (the sweep weight and the lr are in the variant's name)."""
     return (record["relation"], record.get("exemplars", "diverse"), record["variant"], record["seed"], record["steps"])
-
-
-def interval(values: list[float]) -> dict:
-    """Mean and 95% interval (Student t over runs; a single run has none)."""
-    n = len(values)
-    mean = float(np.mean(values))
-    if n < 2:
-        return {"mean": round(mean, 4), "ci95": None, "n": n}
-    t = T95[max(df for df in T95 if df <= n - 1)]        # the next smaller table entry: a little wider
-    half = t * float(np.std(values, ddof=1)) / math.sqrt(n)
-    return {"mean": round(mean, 4), "ci95": [round(mean - half, 4), round(mean + half, 4)], "n": n}
-
-
-def effects(records: list[dict], metrics) -> dict:
-    """Per EFFECTS entry and metric: the mean and 95% interval of the paired difference
-    (with - without) over the (relation, seed) runs that have both, and how many of those
-    runs it won, tied and lost: tighter than comparing the two variants' own intervals,
-    since a run's relation and exemplars affect both alike."""
-    value = {(r["relation"], r["seed"], r["variant"]): r for r in records}
-    out = {}
-    for name, (with_, without) in EFFECTS.items():
-        runs = sorted({(rel, seed) for rel, seed, v in value if v == with_ and (rel, seed, without) in value})
-        if not runs:
-            continue
-        out[name] = {"with": with_, "without": without}
-        for m in metrics:
-            diffs = [value[(*run, with_)][m] - value[(*run, without)][m] for run in runs]
-            out[name][m] = {**interval(diffs), "wins": sum(d > 0 for d in diffs),
-                            "ties": sum(d == 0 for d in diffs), "losses": sum(d < 0 for d in diffs)}
-    return out
-
-
-def summarise(records: list[dict], final_steps: int) -> dict:
-    """Per exemplar set and variant: overall and per relation, over seeds (and relations);
-    the trained vectors' cosines (each run's mean over the words of a kind); the steps curve
-    of the 'full' runs; the lr curves."""
-    summary: dict = {"variants": {}, "confounded": {}, "tinted": {}, "effects": {}, "cosines": {}, "curve": {},
-                     "lr_curve": {}}
-    finals = [r for r in records if r["steps"] in (0, final_steps) and not r["variant"].startswith("full_lr_")]
-    for exemplar_set in EXEMPLAR_SETS:
-        target = summary["variants" if exemplar_set == "diverse" else exemplar_set]
-        in_set = [r for r in finals if r.get("exemplars", "diverse") == exemplar_set]
-        metrics = ("relation_accuracy", "entity_accuracy") + (("leak_rate",) if exemplar_set != "diverse" else ())
-        for variant in sorted({r["variant"] for r in in_set}):
-            rs = [r for r in in_set if r["variant"] == variant]
-            entry = {"overall": {m: interval([r[m] for r in rs]) for m in metrics}, "per_relation": {}}
-            for relation in sorted({r["relation"] for r in rs}):
-                rr = [r for r in rs if r["relation"] == relation]
-                entry["per_relation"][relation] = {m: interval([r[m] for r in rr]) for m in metrics}
-            target[variant] = entry
-            cosines = {name: [float(np.mean(list(r[field].values()))) for r in rs if r.get(field)]
-                       for name, field in COSINE_FIELDS.items()}
-            if any(cosines.values()):
-                summary["cosines"].setdefault(exemplar_set, {})[variant] = {
-                    name: interval(values) for name, values in cosines.items() if values}
-        summary["effects"][exemplar_set] = effects(in_set, metrics)
-    # curves only over the runs scored at more than one update count: a relation trained to
-    # 300 updates alone must not pull the curve's 300 point away from its neighbours
-    diverse = [r for r in records if r.get("exemplars", "diverse") == "diverse"]
-    counts: dict = {}
-    for r in diverse:
-        counts.setdefault((r["relation"], r["seed"], r["variant"], r.get("lr")), set()).add(r["steps"])
-    diverse = [r for r in diverse if len(counts[(r["relation"], r["seed"], r["variant"], r.get("lr"))]) > 1]
-    full = [r for r in diverse if r["variant"] == "full" and r["steps"]]
-    for step in sorted({r["steps"] for r in full}):
-        summary["curve"][str(step)] = interval([r["relation_accuracy"] for r in full if r["steps"] == step])
-    curved = [r for r in diverse if r["variant"] == "full" or r["variant"].startswith("full_lr_")]
-    for lr in sorted({r["lr"] for r in curved if "lr" in r}):
-        rs = [r for r in curved if r.get("lr") == lr]
-        summary["lr_curve"][f"{lr:g}"] = {str(step): interval([r["relation_accuracy"] for r in rs if r["steps"] == step])
-                                          for step in sorted({r["steps"] for r in rs})}
-    return summary
 
 
 def main(argv=None):

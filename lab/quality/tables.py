@@ -17,7 +17,7 @@ from pathlib import Path
 
 from devtools.pack import REPO
 
-from .plot import LABELS, ORDER     # one name per variant in the picture and the tables
+from .plot import label, ordered     # one name per variant in the picture and the tables
 
 
 
@@ -38,19 +38,6 @@ def signed(entry: dict) -> str:
     return f"{entry['mean']:+.3f} [{lo:+.3f}, {hi:+.3f}] ({entry['wins']}/{entry['ties']}/{entry['losses']})"
 
 
-def ordered(variants) -> list[str]:
-    """The picture's order, then the sweep runs (full_steer_*) in name order."""
-    return [v for v in ORDER if v in variants] + sorted(v for v in variants if v not in ORDER)
-
-
-def label(variant: str) -> str:
-    if variant.startswith("full_steer_"):
-        return f"full, steering {variant.removeprefix('full_steer_')}"
-    if variant == "full_caption_positives":
-        return "full, caption-word positives"
-    return LABELS.get(variant, variant)
-
-
 def table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
@@ -64,16 +51,19 @@ def per_relation_table(by_variant: dict, metric: str, extra: str | None = None) 
     rows = []
     for variant in ordered(by_variant):
         entry = by_variant[variant]
-        overall = entry["overall"][metric]
-        row = [label(variant), *(fmt({"mean": entry["per_relation"][r][metric]["mean"]}) if r in entry["per_relation"]
-                                 else "" for r in relations), f"**{fmt(overall)}**", str(overall["n"])]
+        overall = entry["overall"].get(metric)
+        if overall is None:
+            continue             # records made before the metric existed
+        row = [label(variant), *(fmt({"mean": entry["per_relation"][r][metric]["mean"]})
+                                 if metric in entry["per_relation"].get(r, {}) else "" for r in relations),
+               f"**{fmt(overall)}**", str(overall["n"])]
         rows.append(row + ([fmt(entry["overall"][extra])] if extra else []))
     return table(header, rows)
 
 
 def effects_table(effects: dict) -> str:
     columns = [(s, m) for s in ("diverse", "confounded", "tinted") if s in effects
-               for m in ("relation_accuracy", "entity_accuracy", "leak_rate")
+               for m in ("relation_accuracy", "inverse_rate", "entity_accuracy", "leak_rate")
                if any(m in e for e in effects[s].values())]
     header = ["part (with - without)"] + [f"{m.replace('_', ' ')}, {s}" for s, m in columns]
     names = [n for s in effects for n in effects[s]]
@@ -104,8 +94,11 @@ def curve_table(lr_curve: dict) -> str:
 def render(summary: dict) -> str:
     parts = []
     if summary.get("variants"):
-        parts += ["Relation accuracy, diverse exemplars:", per_relation_table(summary["variants"], "relation_accuracy"),
-                  "Entity accuracy, diverse exemplars:", per_relation_table(summary["variants"], "entity_accuracy")]
+        parts += ["Relation accuracy, diverse exemplars:", per_relation_table(summary["variants"], "relation_accuracy")]
+        if any("inverse_rate" in e["overall"] for e in summary["variants"].values()):
+            parts += ["Inverse rate, diverse exemplars (the relation drawn with the objects' roles swapped):",
+                      per_relation_table(summary["variants"], "inverse_rate")]
+        parts += ["Entity accuracy, diverse exemplars:", per_relation_table(summary["variants"], "entity_accuracy")]
     for key in ("confounded", "tinted"):
         if summary.get(key):
             parts += [f"Leak rate, {key} exemplars (relation accuracy in the last column):",

@@ -116,3 +116,21 @@ def test_loss_curve_shares_one_log_axis_and_has_a_legend(host):
     s = plot.smooth_ema(np.array([1.0] * 10 + [2.0] * 10), span=5)
     assert s[0] == 1.0 and np.all(np.diff(s) >= 0) and 1.9 < s[-1] < 2.0
     assert plot.loss_curve([]).shape == (480, 640, 3)
+
+
+def test_loss_curve_draws_the_swap_term_and_its_zeros_on_the_floor(host):
+    """With the swapped-object term on, a fourth series; once satisfied it is 0, drawn on the
+    floor of the plot without stretching the axis to 1e-12 (denoising and steering stay
+    about 1.3 decades apart, as without it)."""
+    from comfyui_reversion.reversion_comfy import loss_plot as plot
+    n = 200
+    history = [{"loss": 0.12, "denoise": 0.1, "steer": 2.0, "swap": 0.01 if i < n // 2 else 0.0} for i in range(n)]
+    img = plot.loss_curve(history)
+
+    def rows_of(colour):
+        mask = np.all(np.abs(img.astype(int) - colour) < 30, axis=-1)
+        rows = np.nonzero(mask.any(axis=1))[0]
+        return rows[rows > 50]                    # the plot, not the legend
+    steer, denoise, swap = (rows_of(plot.COLOURS[k]) for k in ("steer", "denoise", "swap"))
+    assert len(swap) and swap.max() > denoise.max() + 50        # below denoising, down to the floor
+    assert denoise.min() - steer.max() > 80                      # the axis was not squashed by the zeros

@@ -57,7 +57,8 @@ def test_quality_benchmark_slice_runs_and_resumes(host, tmp_path):
     full_row = next(line for line in tables_text.splitlines() if line.startswith("| full (paper) |"))
     assert f"**{final[('diverse', 'full')]['relation_accuracy']:.2f}**" in full_row
     steering_row = next(line for line in tables_text.splitlines() if line.startswith("| steering loss (full - no_steer)"))
-    assert steering_row.count("(") == 1 + 5 and f"{diff:+.3f}" in steering_row   # 5 columns; the confounded diff last seen
+    # 7 columns (relation, inverse rate, entity: diverse; the same and the leak: confounded); the confounded diff last seen
+    assert steering_row.count("(") == 1 + 7 and f"{diff:+.3f}" in steering_row
     bench.main(argv)                                    # everything is there: nothing is redone
     assert len(out.read_text().splitlines()) == len(records)
 
@@ -106,3 +107,30 @@ def test_caption_positives_draw_only_the_given_words_and_leave_the_product_alone
     with bench.positives_from(()):
         assert steering.sample_positive_words is real
     assert set(steering.sample_positive_words(random.Random(0), 4)) <= set(words.relation_words())
+
+
+def test_quality_benchmark_measures_the_options_beyond_the_paper(host, tmp_path):
+    """Swapped-object negatives, several vectors and both, each with its paired difference to
+    'full'; every record carries the inverse rate; tables and picture show them."""
+    from PIL import Image
+    out, summary = tmp_path / "q.jsonl", tmp_path / "q.json"
+    bench.main(["--relations", "left of", "--seeds", "0", "--variants", "full", "--steering-weights", "--steps", "4",
+                "--images", "2", "--sample-steps", "4", "--exemplar-sets", "diverse", "--baselines", "oracle",
+                "--swap-weights", "1", "--vector-counts", "2", "--combos", "1:2", "--out", str(out),
+                "--summary", str(summary)])
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["variant"] for r in records] == ["oracle", "full", "full_swap_1", "full_vectors_2", "full_swap_1_vectors_2"]
+    beyond = records[2:]
+    assert [(r.get("swap_weight"), r.get("num_vectors")) for r in beyond] == [(1.0, None), (None, 2), (1.0, 2)]
+    assert len(beyond[1]["vectors"]["clip_l"]) == 2 and len(beyond[1]["vectors"]["clip_l"][0]) == 128
+    assert all(0.0 <= r["inverse_rate"] <= 1.0 - r["relation_accuracy"] for r in records)
+    result = json.loads(summary.read_text())
+    swap_effect = result["effects"]["diverse"]["swap 1 (vs full)"]
+    assert (swap_effect["with"], swap_effect["without"]) == ("full_swap_1", "full")
+    assert swap_effect["inverse_rate"]["mean"] == pytest.approx(beyond[0]["inverse_rate"] - records[1]["inverse_rate"],
+                                                                 abs=1e-4)
+    assert set(result["effects"]["diverse"]) == {"swap 1 (vs full)", "vectors 2 (vs full)", "swap 1 vectors 2 (vs full)"}
+    text = tables.render(result)
+    assert "Inverse rate, diverse exemplars" in text and "| full + swap 1, 2 vectors |" in text
+    picture = Image.open(plot.plot(result, tmp_path / "q.png"))
+    assert picture.size == (1400, 560 + 80 + 45 * 3)

@@ -60,6 +60,9 @@ def test_cancel_mid_update_then_resume_equals_the_uninterrupted_run(tmp_path):
     (dict(config=trainer.TrainConfig(steps=9, batch_size=2, grad_accum=3, seed=4, temperature=0.5)),
      r"temperature 0.07 -> 0.5"),
     (dict(config=trainer.TrainConfig(steps=3, batch_size=2, grad_accum=3, seed=4)), "already at update 3 of the 3"),
+    (dict(config=trainer.TrainConfig(steps=9, batch_size=2, grad_accum=3, seed=4, num_vectors=2)), r"num_vectors 1 -> 2"),
+    (dict(config=trainer.TrainConfig(steps=9, batch_size=2, grad_accum=3, seed=4, swap_weight=0.3)),
+     r"swap_weight 0.0 -> 0.3"),
 ])
 def test_a_checkpoint_only_resumes_the_same_run(change, message):
     cfg = trainer.TrainConfig(steps=3, batch_size=2, grad_accum=3, seed=4)
@@ -133,3 +136,20 @@ def test_the_fingerprint_is_the_exemplars_pixels_and_templates():
     changed = images.clone()
     changed[0, 0, 0, 0] += 1e-3
     assert base != checkpoint.fingerprint(changed, [["a {} b"], ["c {} d"]])
+
+
+def test_a_checkpoint_from_before_the_swap_term_and_several_vectors_resumes_as_it_was():
+    """Checkpoints written before swap_weight, swap_margin and num_vectors existed ran with
+    none of them: they resume with those settings at their defaults, and only so."""
+    cfg = trainer.TrainConfig(steps=3, batch_size=2, grad_accum=1, seed=4)
+    states = []
+    trainer.train(LinearBackend(), latents_of(2), [["cat {} dog"]] * 2, cfg,
+                  checkpointing=checkpoint.Checkpointing(save=lambda state, when: states.append(state), every=1,
+                                                         fingerprint="fp"))
+    older = {**states[0], "config": {k: v for k, v in states[0]["config"].items()
+                                     if k not in ("swap_weight", "swap_margin", "num_vectors")}}
+    more = trainer.TrainConfig(steps=5, batch_size=2, grad_accum=1, seed=4)
+    checkpoint.check_compatible(older, more.as_dict(), "fp")
+    with pytest.raises(errors.CheckpointError, match=r"swap_weight 0.0 -> 1.0"):
+        checkpoint.check_compatible(older, trainer.TrainConfig(steps=5, batch_size=2, grad_accum=1, seed=4,
+                                                               swap_weight=1.0).as_dict(), "fp")

@@ -69,8 +69,34 @@ def test_the_same_relation_gives_the_same_bytes():
     assert header_length % 8 == 0 and first[8:8 + header_length].rstrip().endswith(b"}")
 
 
-def test_multi_vector_embeddings_are_not_relations(tmp_path):
+def test_multi_vector_relations_round_trip_and_one_vector_files_stay_as_they_were(tmp_path):
+    """A relation of N vectors is [N, D] per encoder in the file (the layout stock ComfyUI
+    expands to N tokens); another program's 3-vector embedding loads too; a one-vector
+    relation keeps its [D] shape and exact bytes (older files keep loading)."""
     from safetensors.torch import save_file
-    save_file({"emb_params": torch.randn(3, 768)}, tmp_path / "ti.safetensors")
-    with pytest.raises(rf.RelationFileError, match="holds 3 vectors"):
-        rf.load(tmp_path / "ti.safetensors")
+    rows = torch.randn(3, 768) * 0.02
+    save_file({"emb_params": rows}, tmp_path / "ti.safetensors")
+    loaded = rf.load(tmp_path / "ti.safetensors")
+    assert loaded.count == 3 and loaded.widths == {"clip_l": 768} and loaded.family == "SD1.x"
+    torch.testing.assert_close(loaded.vectors["clip_l"], rows)
+    sdxl = rf.Relation({"clip_l": torch.randn(2, 768) * 0.02, "clip_g": torch.randn(2, 1280) * 0.02}, name="two")
+    (tmp_path / "two.safetensors").write_bytes(rf.to_bytes(sdxl))
+    again = rf.load(tmp_path / "two.safetensors")
+    assert again.count == 2 and again.family == "SDXL"
+    for k in ("clip_l", "clip_g"):
+        assert torch.equal(again.vectors[k], sdxl.vectors[k])
+    one = rf.Relation({"clip_l": torch.arange(768.0) / 768}, name="one")
+    assert one.count == 1 and one.vectors["clip_l"].shape == (768,)
+    assert rf.Relation({"clip_l": (torch.arange(768.0) / 768).reshape(1, 768)}, name="one").vectors["clip_l"].shape == (768,)
+    assert rf.to_bytes(one) == rf.to_bytes(rf.Relation({"clip_l": torch.arange(768.0) / 768}, name="one"))
+    header = rf.to_bytes(one)[8:8 + int.from_bytes(rf.to_bytes(one)[:8], "little")]
+    assert b'"shape":[1,768]' in header
+
+
+def test_too_many_vectors_or_uneven_encoders_are_refused(tmp_path):
+    from safetensors.torch import save_file
+    save_file({"emb_params": torch.randn(rf.MAX_VECTORS + 1, 768)}, tmp_path / "long.safetensors")
+    with pytest.raises(rf.RelationFileError, match=f"holds {rf.MAX_VECTORS + 1} vectors.*1 to {rf.MAX_VECTORS}"):
+        rf.load(tmp_path / "long.safetensors")
+    with pytest.raises(rf.RelationFileError, match="different numbers of vectors"):
+        rf.Relation({"clip_l": torch.zeros(2, 768), "clip_g": torch.zeros(1280)}, name="uneven")
