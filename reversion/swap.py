@@ -8,11 +8,13 @@ captioned "A <R> B", the same noisy latent (same timestep and noise) must denois
 with the caption "B <R> A" than with its own, by a margin:
 
     ranking_i = max(0, e_own_i - e_swapped_i + margin * e_own_i)      (margin relative, not trained through)
-    loss      = L_denoise + swap_weight * mean_i ranking_i            (over exemplars whose template swaps)
+    loss      = L_denoise + swap_weight * mean_i ranking_i
 
-with e = the exemplar's denoising error (mean squared error over its latent). The margin is
-relative because the error changes ten-fold across timesteps. Only <R> trains: the gradient
-of the swapped caption's error reaches the model through <R> alone.
+over the exemplars whose template swaps and whose timestep is t >= FROM_T, with e = the
+exemplar's denoising error (mean squared error over its latent). Only high noise: that is
+where the objects' places are decided (below, no caption changes the error: measured, see
+FROM_T). The margin is relative because the error changes ten-fold across timesteps. Only
+<R> trains: the gradient of the swapped caption's error reaches the model through <R> alone.
 
 `swap_template` makes "B {} A" from "A {} B": the text before the slot and the text after
 it trade places; a capital first letter and a final punctuation mark stay where they were.
@@ -29,9 +31,9 @@ from .words import SLOT
 
 MARGIN = 0.5             # the swapped caption must denoise >= 50% worse than the exemplar's own ...
 FROM_T = 600             # ... at timesteps t >= 600 of 1000, where the layout is decided. Measured on the
-# toy world's "left of" exemplars with the true word: the swapped caption denoises 68-124% worse
-# at t = 700-990, but within 3% at t <= 500 (where no caption can tell the objects' places
-# apart, so a margin there only adds noise to the gradient; runs/swap_gap.py in lab/quality/NOTES.md)
+# toy world's "left of" exemplars with the true word: the swapped caption denoises 77-138% worse
+# at t = 700-990 (13% at 600), but within 3% at t <= 500, where no caption can tell the objects'
+# places apart, so a margin there only adds noise to the gradient (python -m lab.quality.swap_gap)
 _END_MARKS = ".!?,;:"
 
 

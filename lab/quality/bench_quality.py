@@ -104,6 +104,7 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default=str(RESULTS / "quality.jsonl"))
     p.add_argument("--summary", default=str(RESULTS / "quality.json"))
+    p.add_argument("--summary-only", action="store_true", help="summarise the records in --out; train nothing")
     return p.parse_args(argv)
 
 
@@ -359,7 +360,7 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     from devtools import host
     host.import_comfy("cpu")
-    records = run(args)
+    records = load_records(Path(args.out)) if args.summary_only else run(args)
     summary = summarise(records, args.steps)
     summary["settings"] = {k: v for k, v in vars(args).items() if k not in ("out", "summary")}
     Path(args.summary).write_text(json.dumps(summary, indent=1) + "\n")
