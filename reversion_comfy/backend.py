@@ -202,8 +202,9 @@ class ComfyBackend:
         keys = list(vectors)
 
         def loss_of(piece, leaves):
-            rows = list(piece) + swap.rows(piece)
-            texts = [captions[i] for i in piece] + [swap.captions[i] for i in swap.rows(piece)]
+            swapped = swap.rows(piece)
+            rows = list(piece) + swapped
+            texts = [captions[i] for i in piece] + [swap.captions[i] for i in swapped]
             errors = self._errors(dict(zip(keys, leaves)), latents[rows], texts, timesteps[rows], noise[rows], lean)
             return swap.piece_loss(errors, piece, n)
         pieces = [range(i, min(i + size, n)) for i in range(0, n, size)]

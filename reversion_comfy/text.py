@@ -187,16 +187,15 @@ def encode_with_relation(clip, relation, text: str):
         enc = encoders[token_key]
         standin = enc.single_id(STANDIN, "stand-in")
         rows = relation.vectors[enc.key].reshape(relation.count, -1)
-        run = 0                  # stand-ins in a row so far: the i-th of each <R> reads row i (across chunks)
+        # every <R> became `count` stand-ins in a row and the prompt holds no other (check_prompt),
+        # so the k-th stand-in of the prompt reads row k mod count, across chunks too
+        seen = 0
         out = []
         for chunk in chunks:
             out.append([])
             for t in chunk:
                 if isinstance(t[0], int) and t[0] == standin:
-                    t, run = (rows[run % relation.count],) + tuple(t[1:]), run + 1
-                elif not (isinstance(t[0], int) and t[0] in (enc.tokenizer.start_token, enc.tokenizer.end_token,
-                                                             getattr(enc.tokenizer, "pad_token", None))):
-                    run = 0
+                    t, seen = (rows[seen % relation.count],) + tuple(t[1:]), seen + 1
                 out[-1].append(t)
         tokens[token_key] = out
     if hasattr(clip, "encode_from_tokens_scheduled"):
